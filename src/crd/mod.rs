@@ -1,0 +1,163 @@
+//! The two custom resources (API group `confluence-auth.dev/v1alpha1`) and what they share.
+//!
+//! `///` comments on fields become the CRD descriptions `kubectl explain` shows.
+
+pub mod conditions;
+mod installation;
+mod user_auth;
+
+pub use installation::{ConfluenceInstallation, ConfluenceInstallationSpec, GrantType};
+pub use user_auth::{ConfluenceUserAuth, ConfluenceUserAuthSpec, InstallationRef};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResourceExt;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// API group of both kinds.
+pub const GROUP: &str = "confluence-auth.dev";
+/// The category `kubectl get confluence-auth` lists.
+pub const CATEGORY: &str = "confluence-auth";
+/// Default for `refreshBefore` and `healthCheckInterval`.
+pub const DEFAULT_INTERVAL: &str = "15m";
+
+/// Both CRDs, in the order `crd` prints them.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![ConfluenceInstallation::crd(), ConfluenceUserAuth::crd()]
+}
+
+/// A key in a Secret of the resource's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret (same namespace as the resource).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Where a credential stands; `kubectl get` shows it as the `Phase` column.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Phase {
+    /// No usable credential yet: open `status.authorizationUrl` to consent.
+    #[default]
+    AwaitingAuthorization,
+    /// A current access token is in the token Secret.
+    Ready,
+    /// A refresh is in flight.
+    Refreshing,
+    /// The credential still works but something needs attention (see conditions).
+    Degraded,
+    /// Atlassian refused the grant (`invalid_grant`): someone must consent again.
+    Revoked,
+    /// A configuration error stops the operator (see conditions for the fix).
+    Failed,
+}
+
+/// Status shared by both kinds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialStatus {
+    /// Summary of the credential's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The link to open in a browser to authorize (present while a consent is needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_url: Option<String>,
+    /// SHA-256 (hex) of the nonce in `authorizationUrl`; the link is single use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_nonce_hash: Option<String>,
+    /// When `authorizationUrl` stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_expires_at: Option<Time>,
+    /// Atlassian cloud id of the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_id: Option<String>,
+    /// URL of the site, e.g. `https://acme.atlassian.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_url: Option<String>,
+    /// Name of the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_name: Option<String>,
+    /// Atlassian account id of whoever consented (for client credentials: the service account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_by: Option<String>,
+    /// Scopes Atlassian granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_scopes: Option<Vec<String>>,
+    /// When the current access token expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_expires_at: Option<Time>,
+    /// When the refresh token dies whatever happens (first consent + 365 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_at: Option<Time>,
+    /// Last successful refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh_time: Option<Time>,
+    /// When the next refresh is planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh_time: Option<Time>,
+    /// Last health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_health_check_time: Option<Time>,
+    /// Name of the Secret holding the access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions: `Ready`, `Authorized`, `Healthy`, `ReauthorizationDue` (and
+    /// `InstallationReady` for user auths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// `metav1.Condition` list keyed on `type`, as Kubernetes API conventions ask.
+fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "description": "Condition type, e.g. Ready."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "reason": {"type": "string", "description": "CamelCase reason for the last transition."},
+                "message": {"type": "string", "description": "Human-readable detail."},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "observedGeneration": {"type": "integer", "format": "int64"}
+            }
+        }
+    })
+}
+
+/// One CRD as the YAML document checked in under `crds/` (starting with `---`).
+pub fn render(crd: &CustomResourceDefinition) -> String {
+    let yaml = serde_yaml_ng::to_string(crd)
+        .unwrap_or_else(|e| unreachable!("a CRD built from Rust types always serializes: {e}"));
+    format!("---\n{yaml}")
+}
+
+/// Both CRDs, as `confluence-auth-operator crd` prints them.
+pub fn render_all() -> String {
+    all().iter().map(render).collect()
+}
+
+/// The file name of a CRD under `crds/`: `<plural>.yaml`.
+pub fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.spec.names.plural)
+}
+
+/// Writes each CRD to `<dir>/<plural>.yaml`.
+pub fn write_files(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for crd in all() {
+        std::fs::write(dir.join(file_name(&crd)), render(&crd))?;
+    }
+    Ok(())
+}

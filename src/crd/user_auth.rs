@@ -1,0 +1,91 @@
+//! `ConfluenceUserAuth` (short name `cfua`): one user authorizing inside an installation; it
+//! yields that user's credential.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{CredentialStatus, installation::ConfluenceInstallationSpec};
+use crate::validation::{messages, schema};
+
+/// Spec of a `ConfluenceUserAuth`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "confluence-auth.dev",
+    version = "v1alpha1",
+    kind = "ConfluenceUserAuth",
+    namespaced,
+    shortname = "cfua",
+    category = "confluence-auth",
+    status = "ConfluenceUserAuthStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Site","type":"string","jsonPath":".status.siteUrl"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.accessTokenExpiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "One user's Confluence Cloud authorization inside a ConfluenceInstallation."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfluenceUserAuthSpec {
+    /// The `ConfluenceInstallation` (same namespace) this user authorizes in. Immutable.
+    #[x_kube(validation = Rule::new(schema::RULE_SAME_NAME).message(messages::INSTALLATION_REF_IMMUTABLE))]
+    pub installation_ref: InstallationRef,
+    /// The application's own identifier for this user, e.g. `user_123`.
+    #[schemars(length(min = 1, max = 253))]
+    pub user_id: String,
+    /// A subset of the installation's scopes (default: the installation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::optional_scopes")]
+    pub scopes: Option<Vec<String>>,
+    /// When set, a grant by any other Atlassian account is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub expected_account_id: Option<String>,
+    /// Refresh this long before expiry (default: the installation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[hms])+$"))]
+    pub refresh_before: Option<String>,
+    /// Health-check interval (default: the installation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+[hms])+$"))]
+    pub health_check_interval: Option<String>,
+    /// Name of the token Secret (default `<name>-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub secret_name: Option<String>,
+}
+
+/// Reference to a `ConfluenceInstallation` in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub struct InstallationRef {
+    /// Name of the installation.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Status of a `ConfluenceUserAuth`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfluenceUserAuthStatus {
+    /// Credential state (see the fields' own descriptions).
+    #[serde(flatten)]
+    pub credential: CredentialStatus,
+    /// Atlassian account id of the user who consented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// Display name of that account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The installation the credential was granted under (guards `installationRef` where the
+    /// API server does not evaluate CEL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_installation: Option<String>,
+}
+
+impl ConfluenceUserAuthSpec {
+    /// The scopes to request: the spec's, else the installation's.
+    pub fn effective_scopes<'a>(&'a self, installation: &'a ConfluenceInstallationSpec) -> &'a [String] {
+        self.scopes.as_deref().unwrap_or(&installation.scopes)
+    }
+}
