@@ -19,12 +19,59 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: controllers, the OAuth web server and the metrics server.
+    Run(Box<RunArgs>),
     /// Print both CustomResourceDefinitions as YAML (what `crds/` holds).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// Flags of `run` (DESIGN.md section 4). The cluster comes from `KUBECONFIG` or the in-cluster
+/// service account.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Where browsers reach the webhook; links use it and `redirect_uri` is
+    /// `<public-url>/oauth/callback`.
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: url::Url,
+    /// Atlassian's authorization server.
+    #[arg(long, env = "ATLASSIAN_AUTH_URL", default_value = "https://auth.atlassian.com")]
+    pub atlassian_auth_url: url::Url,
+    /// Atlassian's API gateway.
+    #[arg(long, env = "ATLASSIAN_API_URL", default_value = "https://api.atlassian.com")]
+    pub atlassian_api_url: url::Url,
+    /// Where a site's cloud id is read (client credentials); `{site}` is the site host.
+    #[arg(
+        long,
+        env = "ATLASSIAN_TENANT_INFO_URL",
+        default_value = "https://{site}/_edge/tenant_info"
+    )]
+    pub atlassian_tenant_info_url: String,
+    /// Listen address of the OAuth web server.
+    #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:8080")]
+    pub webhook_addr: std::net::SocketAddr,
+    /// Listen address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Namespace of the operator (holds the keys Secret); default: the pod's namespace.
+    #[arg(long, env = "OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// Name of the Secret holding the vault's master keys.
+    #[arg(long, env = "KEYS_SECRET", default_value = "confluence-auth-operator-keys")]
+    pub keys_secret: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespaces: Option<String>,
+    /// Lifetime of an authorization link.
+    #[arg(long, env = "LINK_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub link_ttl: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// How log lines look.

@@ -4,8 +4,17 @@
 //! `vault` (the encrypted token set at rest).
 
 pub mod config;
+pub mod context;
+pub mod controller;
 pub mod crd;
 pub mod duration;
+pub mod grant;
+pub mod metrics;
+pub mod oauth;
+pub mod operator;
+pub mod store;
 pub mod telemetry;
+pub mod token_set;
 pub mod validation;
 pub mod vault;
+pub mod webhook;

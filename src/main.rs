@@ -4,23 +4,52 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use confluence_auth_operator::config::{Cli, Command};
-use confluence_auth_operator::{crd, telemetry};
+use confluence_auth_operator::{crd, operator, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let result = match cli.command {
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Crd { out_dir: None } => {
             print!("{}", crd::render_all());
             Ok(())
         }
-        Command::Crd { out_dir: Some(dir) } => crd::write_files(&dir),
+        Command::Crd { out_dir: Some(dir) } => crd::write_files(&dir).map_err(Into::into),
+        Command::Run(args) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                operator::run(*args, client, shutdown_signal(), |_| {}).await?;
+                Ok(())
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "command failed");
+            tracing::error!(error = %e, "confluence-auth-operator failed");
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -6,8 +6,8 @@ pub mod conditions;
 mod installation;
 mod user_auth;
 
-pub use installation::{ConfluenceInstallation, ConfluenceInstallationSpec, GrantType};
-pub use user_auth::{ConfluenceUserAuth, ConfluenceUserAuthSpec, InstallationRef};
+pub use installation::{ConfluenceInstallation, ConfluenceInstallationSpec, ConfluenceInstallationStatus, GrantType};
+pub use user_auth::{ConfluenceUserAuth, ConfluenceUserAuthSpec, ConfluenceUserAuthStatus, InstallationRef};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -160,4 +160,49 @@ pub fn write_files(dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(dir.join(file_name(&crd)), render(&crd))?;
     }
     Ok(())
+}
+
+/// What both kinds offer the code that stores and reports credentials.
+pub trait CredentialResource:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Which kind this is in flow paths.
+    const FLOW_KIND: crate::oauth::state::ResourceKind;
+
+    /// The shared part of the status, if there is a status.
+    fn credential(&self) -> Option<&CredentialStatus>;
+
+    /// The shared part of the status, created when missing.
+    fn credential_mut(&mut self) -> &mut CredentialStatus;
+}
+
+impl CredentialResource for ConfluenceInstallation {
+    const FLOW_KIND: crate::oauth::state::ResourceKind = crate::oauth::state::ResourceKind::Installation;
+
+    fn credential(&self) -> Option<&CredentialStatus> {
+        self.status.as_ref().map(|s| &s.credential)
+    }
+
+    fn credential_mut(&mut self) -> &mut CredentialStatus {
+        &mut self.status.get_or_insert_with(Default::default).credential
+    }
+}
+
+impl CredentialResource for ConfluenceUserAuth {
+    const FLOW_KIND: crate::oauth::state::ResourceKind = crate::oauth::state::ResourceKind::User;
+
+    fn credential(&self) -> Option<&CredentialStatus> {
+        self.status.as_ref().map(|s| &s.credential)
+    }
+
+    fn credential_mut(&mut self) -> &mut CredentialStatus {
+        &mut self.status.get_or_insert_with(Default::default).credential
+    }
 }

@@ -1,0 +1,34 @@
+//! Reconciler of `ConfluenceInstallation`.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use super::{ReconcileError, Shared, await_consent, report_failed, report_stored, stored_tokens};
+use crate::crd::ConfluenceInstallation;
+use crate::crd::conditions::reason;
+use crate::validation;
+
+/// One pass over an installation.
+pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
+    let policy = match validation::installation(&cfi.name_any(), &cfi.spec) {
+        Ok(policy) => policy,
+        Err(e) => return report_failed(&shared, &*cfi, reason::INVALID_SPEC, e.to_string()).await,
+    };
+    let tokens = match stored_tokens(&shared, &*cfi).await? {
+        Ok(tokens) => tokens,
+        Err(action) => return Ok(action),
+    };
+    match tokens {
+        Some(tokens) => report_stored(&shared, &*cfi, &tokens, &policy.token_secret_name).await,
+        None => {
+            await_consent(
+                &shared,
+                &*cfi,
+                "waiting for an admin to open status.authorizationUrl and consent",
+            )
+            .await
+        }
+    }
+}

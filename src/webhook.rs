@@ -1,0 +1,256 @@
+//! The web server browsers reach (warp): `/oauth/start/…`, `/oauth/callback`, `/healthz`,
+//! `/readyz`. Every answer carries security headers; oversized requests are refused before any
+//! work. The flow logic itself lives in `oauth::flow`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use warp::Filter;
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use warp::reply::Response;
+
+use crate::context::Context;
+use crate::metrics::Metrics;
+use crate::oauth::flow::{self, Answer, CallbackQuery, Page};
+
+/// Longest query string accepted (a state is well under 1 KiB).
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Largest total header size accepted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#172b4d}h1{font-size:1.4rem}";
+
+/// Flipped to true once the controllers run; `/readyz` reports it.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the process ready.
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once the controllers run.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves the webhook on `listener` until `shutdown` resolves.
+pub async fn serve(
+    ctx: Context,
+    metrics: Metrics,
+    readiness: Readiness,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let routes = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .then(
+            move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap| {
+                let (ctx, metrics, readiness) = (ctx.clone(), metrics.clone(), readiness.clone());
+                async move { handle(&ctx, &metrics, &readiness, &method, path.as_str(), &query, &headers).await }
+            },
+        );
+    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+}
+
+/// Binds the webhook's address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+async fn handle(
+    ctx: &Context,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return page(&Page {
+            status: 431,
+            title: "Request headers too large".into(),
+            message: "The request's headers are too large.".into(),
+            set_cookie: None,
+            outcome: "oversized",
+        });
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return page(&Page {
+            status: 414,
+            title: "Link too long".into(),
+            message: "The link's query string is too long to be an authorization response.".into(),
+            set_cookie: None,
+            outcome: "oversized",
+        });
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return page(&Page {
+            status: 405,
+            title: "Method not allowed".into(),
+            message: "Only GET is served here.".into(),
+            set_cookie: None,
+            outcome: "method",
+        });
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let answer = match segments.as_slice() {
+        ["healthz"] => return plain(StatusCode::OK, "ok"),
+        ["readyz"] if readiness.is_ready() => return plain(StatusCode::OK, "ready"),
+        ["readyz"] => return plain(StatusCode::SERVICE_UNAVAILABLE, "starting"),
+        ["oauth", "start", namespace, kind, name] => {
+            let nonce = parse_query::<StartQuery>(query).nonce;
+            flow::start(ctx, namespace, kind, name, nonce.as_deref()).await
+        }
+        ["oauth", "callback"] => {
+            let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+            let page = flow::callback(ctx, &parse_query::<CallbackQuery>(query), cookie).await;
+            metrics.callback(page.outcome);
+            Answer::Page(page)
+        }
+        _ => Answer::Page(Page {
+            status: 404,
+            title: "Not found".into(),
+            message: "There is nothing at this address.".into(),
+            set_cookie: None,
+            outcome: "not_found",
+        }),
+    };
+    match answer {
+        Answer::Redirect { location, set_cookie } => {
+            tracing::info!(path, "redirecting a browser to Atlassian for consent");
+            let mut response = Response::new(Default::default());
+            *response.status_mut() = StatusCode::FOUND;
+            insert(&mut response, header::LOCATION, &location);
+            insert(&mut response, header::SET_COOKIE, &set_cookie);
+            secure(response)
+        }
+        Answer::Page(p) => {
+            tracing::info!(path, status = p.status, outcome = p.outcome, "answered a browser");
+            page(&p)
+        }
+    }
+}
+
+#[derive(Default, serde::Deserialize)]
+struct StartQuery {
+    nonce: Option<String>,
+}
+
+/// Parses a query; a garbled one yields the empty default (every field then reads as missing).
+fn parse_query<T: serde::de::DeserializeOwned + Default>(query: &str) -> T {
+    query_pairs(query).unwrap_or_default()
+}
+
+fn query_pairs<T: serde::de::DeserializeOwned>(query: &str) -> Option<T> {
+    let pairs: serde_json::Map<String, serde_json::Value> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(pairs)).ok()
+}
+
+fn page(p: &Page) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title><style>{STYLE}</style></head><body><h1>{title}</h1><p>{message}</p></body></html>",
+        title = escape(&p.title),
+        message = escape(&p.message),
+    );
+    let mut response = Response::new(body.into());
+    *response.status_mut() = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    insert(&mut response, header::CONTENT_TYPE, "text/html; charset=utf-8");
+    if let Some(cookie) = &p.set_cookie {
+        insert(&mut response, header::SET_COOKIE, cookie);
+    }
+    secure(response)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut response = Response::new(text.into());
+    *response.status_mut() = status;
+    insert(&mut response, header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    secure(response)
+}
+
+/// Security headers on every answer.
+fn secure(mut response: Response) -> Response {
+    let style_hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE.as_bytes()));
+    let csp = format!(
+        "default-src 'none'; style-src 'sha256-{style_hash}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    insert(&mut response, header::CACHE_CONTROL, "no-store");
+    insert(&mut response, header::REFERRER_POLICY, "no-referrer");
+    insert(&mut response, header::X_FRAME_OPTIONS, "DENY");
+    insert(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    insert(&mut response, header::CONTENT_SECURITY_POLICY, &csp);
+    response
+}
+
+fn insert(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+/// HTML-escapes text for a page.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(escape("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
+    }
+
+    #[test]
+    fn pages_carry_every_security_header() {
+        let response = page(&Page {
+            status: 400,
+            title: "t".into(),
+            message: "m".into(),
+            set_cookie: None,
+            outcome: "x",
+        });
+        let h = response.headers();
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert!(
+            h[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .starts_with("default-src 'none'; style-src 'sha256-")
+        );
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn garbled_queries_read_as_missing_fields() {
+        let q: CallbackQuery = parse_query("code=a&state=b");
+        assert_eq!((q.code.as_deref(), q.state.as_deref()), (Some("a"), Some("b")));
+        let q: CallbackQuery = parse_query("%%%&&=");
+        assert!(q.code.is_none() && q.state.is_none());
+    }
+}
