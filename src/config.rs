@@ -21,12 +21,23 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: controllers, the OAuth web server and the metrics server.
     Run(Box<RunArgs>),
+    /// A local demo: the embedded test control plane (unless KUBECONFIG names a cluster), the
+    /// Atlassian stand-in, the examples, and both consent flows walked end to end.
+    Demo(DemoArgs),
     /// Print both CustomResourceDefinitions as YAML (what `crds/` holds).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Stop once both credentials are Ready instead of running until Ctrl-C.
+    #[arg(long)]
+    pub exit_when_ready: bool,
 }
 
 /// Flags of `run` (DESIGN.md section 4). The cluster comes from `KUBECONFIG` or the in-cluster
@@ -50,6 +61,9 @@ pub struct RunArgs {
         default_value = "https://{site}/_edge/tenant_info"
     )]
     pub atlassian_tenant_info_url: String,
+    /// Timeout of each call to Atlassian.
+    #[arg(long, env = "ATLASSIAN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub atlassian_timeout: std::time::Duration,
     /// Listen address of the OAuth web server.
     #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:8080")]
     pub webhook_addr: std::net::SocketAddr,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod crd;
+pub mod demo;
 pub mod duration;
 pub mod grant;
 pub mod metrics;

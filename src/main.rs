@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use confluence_auth_operator::config::{Cli, Command};
-use confluence_auth_operator::{crd, operator, telemetry};
+use confluence_auth_operator::{crd, demo, operator, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crd { out_dir: Some(dir) } => crd::write_files(&dir).map_err(Into::into),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args)).map_err(|e| e as Box<dyn std::error::Error>)),
         Command::Run(args) => runtime().and_then(|rt| {
             rt.block_on(async {
                 let client = kube::Client::try_default().await?;

@@ -70,7 +70,7 @@ pub async fn run(
         api_url: args.atlassian_api_url.to_string(),
         tenant_info_url: args.atlassian_tenant_info_url.clone(),
     };
-    let atlassian = AtlassianClient::new(endpoints, atlassian::DEFAULT_TIMEOUT)?;
+    let atlassian = AtlassianClient::new(endpoints, args.atlassian_timeout)?;
     let ctx = Context {
         client,
         keys,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{ReconcileError, Shared, await_consent, report_failed, report_stored, stored_tokens};
-use crate::crd::ConfluenceInstallation;
+use super::{ReconcileError, client_credentials, Shared, await_consent, report_failed, report_stored, stored_tokens};
+use crate::crd::{ConfluenceInstallation, GrantType};
 use crate::crd::conditions::reason;
 use crate::validation;
 
@@ -20,6 +20,9 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
         Ok(tokens) => tokens,
         Err(action) => return Ok(action),
     };
+    if cfi.spec.grant == GrantType::ClientCredentials {
+        return client_credentials::ensure_token(&shared, &cfi, &policy, tokens).await;
+    }
     match tokens {
         Some(tokens) => report_stored(&shared, &*cfi, &tokens, &policy.token_secret_name).await,
         None => {

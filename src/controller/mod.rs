@@ -2,6 +2,7 @@
 //! link logic. This scope is DESIGN.md step 1: validate, publish the authorization
 //! link, report `AwaitingAuthorization` / `Ready` from what the callback stored.
 
+mod client_credentials;
 mod installation;
 mod user_auth;
 

@@ -1,0 +1,228 @@
+//! Shared harness of the end-to-end tests: the test control plane (or a real cluster when
+//! `E2E_KUBECONFIG` is set), the Atlassian stand-in, the operator binary as a process, a
+//! browser-like client, and waits that always end.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use testbed::apiserver::ApiServer;
+use testbed::atlassian::StandIn;
+
+/// Every wait gives up after this long.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// Demo world accounts of the stand-in.
+pub const ADA: &str = "557058:aaaaaaaa-0000-4000-8000-000000000001";
+pub const BOB: &str = "557058:bbbbbbbb-0000-4000-8000-000000000002";
+pub const ACME_CLOUD_ID: &str = "11111111-1111-4111-8111-111111111111";
+
+/// The cluster side and the Atlassian side of one test.
+pub struct Env {
+    pub api: Option<ApiServer>,
+    pub atlassian: StandIn,
+    pub kubeconfig: PathBuf,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let (api, kubeconfig) = match std::env::var("E2E_KUBECONFIG") {
+            Ok(path) if !path.is_empty() => {
+                eprintln!("end-to-end against the cluster in E2E_KUBECONFIG={path}");
+                (None, PathBuf::from(path))
+            }
+            _ => {
+                let api = ApiServer::start().await.unwrap();
+                let path = dir.path().join("kubeconfig");
+                api.write_kubeconfig(&path).unwrap();
+                eprintln!("end-to-end against the testbed API server at {}", api.url());
+                (Some(api), path)
+            }
+        };
+        let atlassian = StandIn::demo_world().await.unwrap();
+        let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig).unwrap(), &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        let client = Client::try_from(config).unwrap();
+        let env = Env { api, atlassian, kubeconfig, client, dir };
+        env.kubectl_ok(&["apply", "-f", &repo("crds").to_string_lossy()]);
+        env
+    }
+
+    /// Runs kubectl against this environment.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().expect("kubectl runs")
+    }
+
+    /// Runs kubectl and insists it succeeds.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A fresh namespace for one test.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", &uuid_like()[..8]);
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await.unwrap();
+        name
+    }
+}
+
+/// A path in the repository.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn uuid_like() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+/// A free loopback port (bound and released; the operator binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The operator binary, running.
+pub struct Operator {
+    child: Child,
+    pub public_url: String,
+    pub metrics_url: String,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn spawn(env: &Env, operator_namespace: &str) -> Operator {
+        let port = free_port();
+        let metrics_port = free_port();
+        let public_url = format!("http://127.0.0.1:{port}");
+        let log = env.dir.path().join(format!("operator-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_confluence-auth-operator"))
+            .args(["--log-format", "json", "run"])
+            .args(["--public-url", &public_url])
+            .args(["--atlassian-auth-url", &env.atlassian.url()])
+            .args(["--atlassian-api-url", &env.atlassian.url()])
+            .args(["--atlassian-tenant-info-url", &format!("{}/site/{{site}}/_edge/tenant_info", env.atlassian.url())])
+            .args(["--atlassian-timeout", "2s"])
+            .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--operator-namespace", operator_namespace])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "info,confluence_auth_operator=debug")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
+            .spawn()
+            .expect("the operator binary starts");
+        Operator { child, public_url, metrics_url: format!("http://127.0.0.1:{metrics_port}"), log }
+    }
+
+    /// Everything the operator logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self) {
+        let http = reqwest::Client::new();
+        let url = format!("{}/readyz", self.metrics_url);
+        eventually("the operator to be ready", || async { http.get(&url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }).await;
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it yields a value, panicking after [`WAIT`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A browser: follows nothing by itself, keeps cookies by name.
+pub struct Browser {
+    http: reqwest::Client,
+    pub cookies: std::collections::BTreeMap<String, String>,
+}
+
+/// One answer the browser saw.
+#[derive(Debug)]
+pub struct Seen {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().unwrap();
+        Browser { http, cookies: Default::default() }
+    }
+
+    /// GET with this browser's cookies; remembers cookies it is given.
+    pub async fn get(&mut self, url: &str) -> Seen {
+        let mut request = self.http.get(url);
+        if !self.cookies.is_empty() {
+            let header = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+            request = request.header("Cookie", header);
+        }
+        let response = request.send().await.unwrap();
+        for set in response.headers().get_all("set-cookie") {
+            let first = set.to_str().unwrap().split(';').next().unwrap();
+            if let Some((k, v)) = first.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        let status = response.status().as_u16();
+        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+        let headers = response.headers().clone();
+        Seen { status, location, body: response.text().await.unwrap(), headers }
+    }
+
+    /// Start link → Atlassian consent → the callback URL Atlassian sends the browser to (not
+    /// yet opened).
+    pub async fn consent(&mut self, start_link: &str) -> String {
+        let start = self.get(start_link).await;
+        assert_eq!(start.status, 302, "start link answered {}: {}", start.status, start.body);
+        let consent = self.get(start.location.as_deref().unwrap()).await;
+        assert_eq!(consent.status, 302, "Atlassian consent answered {}: {}", consent.status, consent.body);
+        consent.location.unwrap()
+    }
+
+    /// The whole flow: start link → consent → callback page.
+    pub async fn authorize(&mut self, start_link: &str) -> Seen {
+        let callback = self.consent(start_link).await;
+        self.get(&callback).await
+    }
+}
