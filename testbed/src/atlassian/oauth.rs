@@ -1,0 +1,272 @@
+//! The authorization server: `GET /authorize` (consent) and `POST /oauth/token` (code exchange,
+//! rotating refresh, client credentials), as
+//! <https://developer.atlassian.com/cloud/confluence/oauth-2-3lo-apps/> and
+//! <https://developer.atlassian.com/cloud/oauth/getting-started/refresh-tokens/> describe them.
+//!
+//! `/authorize` never redirects to a `redirect_uri` it has not verified: a bad request answers
+//! 400 with `{"error", "error_description"}`. The token endpoint takes the JSON body Atlassian
+//! documents, a form body (RFC 6749), and client credentials in HTTP Basic auth as well.
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hyper::StatusCode;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde_json::{Map, Value, json};
+
+use super::http::{Req, Resp, json_no_store, oauth_error, redirect};
+use super::state::State;
+use super::tokens::{Consent, Grant, Principal, TokenError};
+
+/// What Atlassian answers when the client id or secret is wrong.
+fn unauthorized() -> Resp {
+    oauth_error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized")
+}
+
+fn bad_request(error: &str, description: &str) -> Resp {
+    oauth_error(StatusCode::BAD_REQUEST, error, description)
+}
+
+fn token_error(e: TokenError) -> Resp {
+    match e {
+        TokenError::InvalidGrant(d) => oauth_error(StatusCode::FORBIDDEN, "invalid_grant", d),
+        TokenError::NoRandomness => oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "no randomness available",
+        ),
+    }
+}
+
+/// `GET /authorize`.
+pub(crate) fn authorize(st: &mut State, req: &Req) -> Resp {
+    let Some(client_id) = req.query("client_id") else {
+        return bad_request("invalid_request", "Missing required parameter: client_id");
+    };
+    let Some(app) = st.world.client(client_id) else {
+        return bad_request("invalid_client", "Unknown client");
+    };
+    let Some(redirect_uri) = req.query("redirect_uri") else {
+        return bad_request(
+            "invalid_request",
+            "Missing required parameter: redirect_uri",
+        );
+    };
+    if !app.allows_redirect(redirect_uri) {
+        return bad_request(
+            "invalid_request",
+            "The redirect_uri is not registered for this app",
+        );
+    }
+    if req.query("audience") != Some("api.atlassian.com") {
+        return bad_request("invalid_request", "audience must be api.atlassian.com");
+    }
+    if req.query("response_type") != Some("code") {
+        return bad_request(
+            "unsupported_response_type",
+            "Only response_type=code is supported",
+        );
+    }
+    let scopes: Vec<String> = req
+        .query("scope")
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if scopes.is_empty() {
+        return bad_request("invalid_scope", "Missing required parameter: scope");
+    }
+    if let Some(bad) = app.disallowed_scope(&scopes) {
+        return bad_request(
+            "invalid_scope",
+            &format!("The scope {bad} is not allowed for this app"),
+        );
+    }
+    let code_challenge = req.query("code_challenge").map(str::to_owned);
+    if code_challenge.is_some() && req.query("code_challenge_method") != Some("S256") {
+        return bad_request("invalid_request", "code_challenge_method must be S256");
+    }
+    let state = req.query("state");
+    let Ok(mut target) = url::Url::parse(redirect_uri) else {
+        return bad_request("invalid_request", "The redirect_uri is not a URL");
+    };
+    if st.decline_next {
+        st.decline_next = false;
+        let mut q = target.query_pairs_mut();
+        q.append_pair("error", "access_denied");
+        q.append_pair("error_description", "User did not authorize the request");
+        if let Some(s) = state {
+            q.append_pair("state", s);
+        }
+        drop(q);
+        return redirect(target.as_str());
+    }
+    let account = st
+        .consenting
+        .clone()
+        .or_else(|| st.world.default_account().map(str::to_owned));
+    let Some(account) = account.filter(|a| st.world.account(a).is_some()) else {
+        return bad_request("server_error", "The stand-in has no account to consent as");
+    };
+    let consent = Consent {
+        client_id: client_id.to_owned(),
+        sites: st.world.sites_of(&account),
+        account_id: account,
+        redirect_uri: redirect_uri.to_owned(),
+        scopes,
+        code_challenge,
+    };
+    let now = st.now();
+    let code = match st.tokens.issue_code(now, consent) {
+        Ok(c) => c,
+        Err(e) => return token_error(e),
+    };
+    {
+        let mut q = target.query_pairs_mut();
+        q.append_pair("code", &code);
+        if let Some(s) = state {
+            q.append_pair("state", s);
+        }
+    }
+    redirect(target.as_str())
+}
+
+/// The parameters of a token request, from a JSON or a form body.
+pub(crate) fn token_params(req: &Req) -> HashMap<String, String> {
+    let is_form = req
+        .header(CONTENT_TYPE)
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if !is_form && let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&req.body) {
+        return map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                Value::Number(n) => Some((k, n.to_string())),
+                _ => None,
+            })
+            .collect();
+    }
+    url::form_urlencoded::parse(&req.body)
+        .into_owned()
+        .collect()
+}
+
+/// Client id and secret from `Authorization: Basic` (RFC 6749 section 2.3.1).
+fn basic_credentials(req: &Req) -> Option<(String, String)> {
+    let value = req.header(AUTHORIZATION)?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(b64.trim()).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((unescape(id), unescape(secret)))
+}
+
+fn grant_body(g: Grant) -> Value {
+    let mut m = Map::new();
+    m.insert("access_token".into(), json!(g.access_token));
+    m.insert("expires_in".into(), json!(g.expires_in));
+    m.insert("token_type".into(), json!("Bearer"));
+    if let Some(rt) = g.refresh_token {
+        m.insert("refresh_token".into(), json!(rt));
+    }
+    m.insert("scope".into(), json!(g.scope));
+    Value::Object(m)
+}
+
+/// `POST /oauth/token`, given its already parsed parameters.
+pub(crate) fn token(st: &mut State, req: &Req, params: &HashMap<String, String>) -> Resp {
+    let p = |k: &str| params.get(k).map(String::as_str);
+    let basic = basic_credentials(req);
+    let client_id = p("client_id").or(basic.as_ref().map(|b| b.0.as_str()));
+    let secret = p("client_secret").or(basic.as_ref().map(|b| b.1.as_str()));
+    let (Some(client_id), Some(secret)) = (client_id, secret) else {
+        return unauthorized();
+    };
+    let now = st.now();
+    let result = match p("grant_type") {
+        None => return bad_request("invalid_request", "Missing required parameter: grant_type"),
+        Some("authorization_code") | Some("refresh_token") => {
+            if st
+                .world
+                .client(client_id)
+                .is_none_or(|c| c.client_secret != secret)
+            {
+                return unauthorized();
+            }
+            if p("grant_type") == Some("authorization_code") {
+                let Some(code) = p("code") else {
+                    return bad_request("invalid_request", "Missing required parameter: code");
+                };
+                let lifetime = st.access_lifetime;
+                st.tokens.exchange_code(
+                    now,
+                    client_id,
+                    code,
+                    p("redirect_uri"),
+                    p("code_verifier"),
+                    lifetime,
+                )
+            } else {
+                let Some(rt) = p("refresh_token") else {
+                    return bad_request(
+                        "invalid_request",
+                        "Missing required parameter: refresh_token",
+                    );
+                };
+                let lifetime = st.access_lifetime;
+                st.tokens.refresh(now, client_id, rt, lifetime)
+            }
+        }
+        Some("client_credentials") => {
+            let Some(sa) = st.world.service_account(client_id) else {
+                return match st.world.client(client_id) {
+                    Some(c) if c.client_secret == secret => oauth_error(
+                        StatusCode::FORBIDDEN,
+                        "unauthorized_client",
+                        "Grant type 'client_credentials' not allowed for the client.",
+                    ),
+                    _ => unauthorized(),
+                };
+            };
+            if sa.client_secret != secret {
+                return unauthorized();
+            }
+            let allowed = sa.effective_scopes();
+            let scopes: Vec<String> = match p("scope") {
+                Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+                None => allowed.clone(),
+            };
+            if let Some(bad) = scopes.iter().find(|s| !allowed.contains(s)) {
+                return oauth_error(
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    &format!("Client has not been granted scopes: {bad}"),
+                );
+            }
+            let principal = Principal {
+                client_id: client_id.to_owned(),
+                account_id: sa.account_id.clone(),
+                scopes,
+                sites: vec![sa.site.clone()],
+            };
+            let lifetime = st.service_lifetime;
+            st.tokens.client_credentials(now, principal, lifetime)
+        }
+        Some(_) => {
+            return bad_request("unsupported_grant_type", "Unsupported grant type");
+        }
+    };
+    match result {
+        Ok(g) => json_no_store(StatusCode::OK, &grant_body(g)),
+        Err(e) => token_error(e),
+    }
+}
