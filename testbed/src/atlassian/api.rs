@@ -12,19 +12,19 @@ use super::http::{Req, Resp, api_error, json};
 use super::state::State;
 use super::tokens::Principal;
 
-fn principal(st: &State, req: &Req) -> Result<Principal, Resp> {
-    let unauthorized = || api_error(StatusCode::UNAUTHORIZED, "Unauthorized");
-    let token = req.bearer().ok_or_else(unauthorized)?;
-    st.tokens
-        .authenticate(st.now(), token)
-        .map_err(|_| unauthorized())
+/// The principal of a live bearer token, if the request carries one.
+fn principal(st: &State, req: &Req) -> Option<Principal> {
+    st.tokens.authenticate(st.now(), req.bearer()?).ok()
+}
+
+fn unauthorized() -> Resp {
+    api_error(StatusCode::UNAUTHORIZED, "Unauthorized")
 }
 
 /// `GET /oauth/token/accessible-resources`: the sites the grant covers.
 pub(crate) fn accessible_resources(st: &State, req: &Req) -> Resp {
-    let p = match principal(st, req) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = principal(st, req) else {
+        return unauthorized();
     };
     let scopes: Vec<&String> = p.scopes.iter().filter(|s| *s != "offline_access").collect();
     let sites: Vec<Value> = p
@@ -46,9 +46,8 @@ pub(crate) fn accessible_resources(st: &State, req: &Req) -> Resp {
 
 /// `GET /me`: the user's profile; needs `read:me`.
 pub(crate) fn me(st: &State, req: &Req) -> Resp {
-    let p = match principal(st, req) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = principal(st, req) else {
+        return unauthorized();
     };
     if !p.scopes.iter().any(|s| s == "read:me") {
         return api_error(
@@ -79,9 +78,8 @@ pub(crate) fn me(st: &State, req: &Req) -> Resp {
 
 /// `GET /ex/confluence/{cloudId}/wiki/rest/api/user/current`.
 pub(crate) fn confluence_user(st: &State, req: &Req, cloud_id: &str) -> Resp {
-    let p = match principal(st, req) {
-        Ok(p) => p,
-        Err(r) => return r,
+    let Some(p) = principal(st, req) else {
+        return unauthorized();
     };
     let Some(site) = st.world.site_by_cloud_id(cloud_id) else {
         return api_error(StatusCode::NOT_FOUND, "Site not found");

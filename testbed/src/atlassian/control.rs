@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::faults::{Endpoint, Fault};
 use super::http::{Req, Resp, api_error, json};
-use super::state::State;
+use super::state::{State, secs};
 use super::world::{Account, ClientApp, ServiceAccount, Site, seed_demo};
 
 #[derive(Deserialize)]
@@ -43,13 +43,9 @@ struct FailNext {
     fault: Fault,
 }
 
-fn body<T: DeserializeOwned>(req: &Req) -> Result<T, Resp> {
-    serde_json::from_slice(&req.body).map_err(|e| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            &format!("Bad control request: {e}"),
-        )
-    })
+/// The JSON body of a control call, or why it is not one.
+fn body<T: DeserializeOwned>(req: &Req) -> Result<T, String> {
+    serde_json::from_slice(&req.body).map_err(|e| format!("Bad control request: {e}"))
 }
 
 fn ok() -> Resp {
@@ -63,11 +59,12 @@ fn clock(st: &State) -> Resp {
 /// Handles `/_testbed/<what>`.
 pub(crate) fn handle(st: &mut State, req: &Req) -> Resp {
     match run(st, req) {
-        Ok(r) | Err(r) => r,
+        Ok(r) => r,
+        Err(message) => api_error(StatusCode::BAD_REQUEST, &message),
     }
 }
 
-fn run(st: &mut State, req: &Req) -> Result<Resp, Resp> {
+fn run(st: &mut State, req: &Req) -> Result<Resp, String> {
     let what = req.path.trim_start_matches("/_testbed/");
     let resp = match (&req.method, what) {
         (&Method::POST, "clients") => {
@@ -109,13 +106,11 @@ fn run(st: &mut State, req: &Req) -> Result<Resp, Resp> {
             ok()
         }
         (&Method::POST, "access-token-lifetime") => {
-            st.access_lifetime =
-                super::state::secs(Duration::from_secs(body::<Seconds>(req)?.seconds));
+            st.access_lifetime = secs(Duration::from_secs(body::<Seconds>(req)?.seconds));
             ok()
         }
         (&Method::POST, "service-token-lifetime") => {
-            st.service_lifetime =
-                super::state::secs(Duration::from_secs(body::<Seconds>(req)?.seconds));
+            st.service_lifetime = secs(Duration::from_secs(body::<Seconds>(req)?.seconds));
             ok()
         }
         (&Method::GET, "clock") => clock(st),
