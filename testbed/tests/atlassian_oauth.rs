@@ -504,3 +504,68 @@ async fn access_tokens_live_as_long_as_the_test_says() {
     s.advance_clock(Duration::from_secs(1));
     assert_eq!(resources(old).await, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn the_optional_consent_page_lets_a_person_pick_and_decide() {
+    let s = world().await;
+    s.add_account(Account {
+        account_id: "acc-bob".into(),
+        name: "Bob".into(),
+        email: "bob@acme.example".into(),
+        sites: vec![],
+    });
+    s.set_consent_page(true);
+    let request_id = |html: &str| {
+        let start = html
+            .find(r#"name="request" value=""#)
+            .expect("request field")
+            + 22;
+        html[start..start + 32].to_owned()
+    };
+    let decide = |fields: String| {
+        http()
+            .post(format!("{}/authorize/consent", s.url()))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(fields)
+            .send()
+    };
+
+    let resp = authorize(&s, &[]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+    let html = resp.text().await.expect("html");
+    assert!(html.contains(r#"value="acc-ada" checked"#), "{html}");
+    assert!(html.contains("<code>offline_access</code>"));
+    let id = request_id(&html);
+    let resp = decide(format!("request={id}&decision=accept&account_id=acc-bob"))
+        .await
+        .expect("post");
+    let q = redirect_query(&resp);
+    let (status, grant) = token(&s, exchange(&q[0].1)).await;
+    assert_eq!(status, StatusCode::OK);
+    let me: Value = http()
+        .get(format!("{}/me", s.url()))
+        .bearer_auth(grant["access_token"].as_str().expect("at"))
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["account_id"], "acc-bob");
+
+    // A request is answered once.
+    let resp = decide(format!("request={id}&decision=accept"))
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    let html = authorize(&s, &[]).await.text().await.expect("html");
+    let resp = decide(format!("request={}&decision=deny", request_id(&html)))
+        .await
+        .expect("post");
+    assert_eq!(
+        redirect_query(&resp)[0],
+        ("error".to_string(), "access_denied".to_string())
+    );
+}

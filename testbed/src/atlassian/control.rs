@@ -32,6 +32,11 @@ struct RemoveApp {
 }
 
 #[derive(Deserialize)]
+struct Enabled {
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
 struct Seconds {
     seconds: u64,
 }
@@ -89,6 +94,10 @@ fn run(st: &mut State, req: &Req) -> Result<Resp, String> {
         }
         (&Method::POST, "consent") => {
             st.consenting = Some(body::<AccountRef>(req)?.account_id);
+            ok()
+        }
+        (&Method::POST, "consent-page") => {
+            st.consent_page = body::<Enabled>(req)?.enabled;
             ok()
         }
         (&Method::POST, "decline-next-consent") => {

@@ -11,6 +11,7 @@
 //! world, the HTTP control API and the demo world are described in `testbed/ATLASSIAN.md`.
 
 mod api;
+mod consent;
 mod control;
 pub mod faults;
 mod http;
@@ -134,6 +135,13 @@ impl StandIn {
     /// The next `/authorize` is declined by the user (a redirect with `error=access_denied`).
     pub fn decline_next_consent(&self) {
         self.state().decline_next = true;
+    }
+
+    /// Turns the consent page on or off (default off: `/authorize` consents at once). With it
+    /// on, `/authorize` answers an HTML page where a person picks the account and accepts or
+    /// declines.
+    pub fn set_consent_page(&self, enabled: bool) {
+        self.state().consent_page = enabled;
     }
 
     /// The user revokes the app: every token of this account and client dies. Returns how many
@@ -282,6 +290,9 @@ async fn handle(state: Shared, req: Request<Incoming>) -> Result<Resp, Infallibl
 async fn dispatch(state: &Shared, req: Req) -> Resp {
     if req.path.starts_with("/_testbed/") {
         return control::handle(&mut lock(state), &req);
+    }
+    if req.path == "/authorize/consent" && req.method == Method::POST {
+        return consent::decision(&mut lock(state), &req);
     }
     let Some(route) = Route::parse(&req) else {
         return api_error(StatusCode::NOT_FOUND, "Not Found");

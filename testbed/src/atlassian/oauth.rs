@@ -39,34 +39,49 @@ fn token_error(e: TokenError) -> Resp {
     }
 }
 
-/// `GET /authorize`.
-pub(crate) fn authorize(st: &mut State, req: &Req) -> Resp {
-    let Some(client_id) = req.query("client_id") else {
-        return bad_request("invalid_request", "Missing required parameter: client_id");
-    };
-    let Some(app) = st.world.client(client_id) else {
-        return bad_request("invalid_client", "Unknown client");
-    };
-    let Some(redirect_uri) = req.query("redirect_uri") else {
-        return bad_request(
+/// A validated authorization request: what the consent is about.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthRequest {
+    pub(crate) client_id: String,
+    /// As sent (the token request must repeat it exactly); checked to parse as a URL.
+    pub(crate) redirect_uri: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) code_challenge: Option<String>,
+}
+
+/// Checks an authorization request: `(error, error_description)` when it is bad.
+fn validate(st: &State, req: &Req) -> Result<AuthRequest, (&'static str, String)> {
+    let bad = |e: &'static str, d: &str| (e, d.to_owned());
+    let client_id = req
+        .query("client_id")
+        .ok_or_else(|| bad("invalid_request", "Missing required parameter: client_id"))?;
+    let app = st
+        .world
+        .client(client_id)
+        .ok_or_else(|| bad("invalid_client", "Unknown client"))?;
+    let redirect_uri = req.query("redirect_uri").ok_or_else(|| {
+        bad(
             "invalid_request",
             "Missing required parameter: redirect_uri",
-        );
-    };
+        )
+    })?;
     if !app.allows_redirect(redirect_uri) {
-        return bad_request(
+        return Err(bad(
             "invalid_request",
             "The redirect_uri is not registered for this app",
-        );
+        ));
     }
+    url::Url::parse(redirect_uri)
+        .map_err(|_| bad("invalid_request", "The redirect_uri is not a URL"))?;
     if req.query("audience") != Some("api.atlassian.com") {
-        return bad_request("invalid_request", "audience must be api.atlassian.com");
+        return Err(bad("invalid_request", "audience must be api.atlassian.com"));
     }
     if req.query("response_type") != Some("code") {
-        return bad_request(
+        return Err(bad(
             "unsupported_response_type",
             "Only response_type=code is supported",
-        );
+        ));
     }
     let scopes: Vec<String> = req
         .query("scope")
@@ -75,47 +90,65 @@ pub(crate) fn authorize(st: &mut State, req: &Req) -> Resp {
         .map(str::to_owned)
         .collect();
     if scopes.is_empty() {
-        return bad_request("invalid_scope", "Missing required parameter: scope");
+        return Err(bad("invalid_scope", "Missing required parameter: scope"));
     }
-    if let Some(bad) = app.disallowed_scope(&scopes) {
-        return bad_request(
+    if let Some(s) = app.disallowed_scope(&scopes) {
+        return Err((
             "invalid_scope",
-            &format!("The scope {bad} is not allowed for this app"),
-        );
+            format!("The scope {s} is not allowed for this app"),
+        ));
     }
     let code_challenge = req.query("code_challenge").map(str::to_owned);
     if code_challenge.is_some() && req.query("code_challenge_method") != Some("S256") {
-        return bad_request("invalid_request", "code_challenge_method must be S256");
+        return Err(bad("invalid_request", "code_challenge_method must be S256"));
     }
-    let state = req.query("state");
-    let Ok(mut target) = url::Url::parse(redirect_uri) else {
+    Ok(AuthRequest {
+        client_id: client_id.to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        scopes,
+        state: req.query("state").map(str::to_owned),
+        code_challenge,
+    })
+}
+
+/// The redirect of a declined consent.
+pub(crate) fn decline(ar: &AuthRequest) -> Resp {
+    let Ok(mut target) = url::Url::parse(&ar.redirect_uri) else {
         return bad_request("invalid_request", "The redirect_uri is not a URL");
     };
-    if st.decline_next {
-        st.decline_next = false;
+    {
         let mut q = target.query_pairs_mut();
         q.append_pair("error", "access_denied");
         q.append_pair("error_description", "User did not authorize the request");
-        if let Some(s) = state {
+        if let Some(s) = &ar.state {
             q.append_pair("state", s);
         }
-        drop(q);
-        return redirect(target.as_str());
     }
-    let account = st
-        .consenting
+    redirect(target.as_str())
+}
+
+/// The account that consents when nobody picks one: the test's choice, else the first added.
+pub(crate) fn consenting_account(st: &State) -> Option<String> {
+    st.consenting
         .clone()
-        .or_else(|| st.world.default_account().map(str::to_owned));
+        .or_else(|| st.world.default_account().map(str::to_owned))
+}
+
+/// Consents as `account`: issues a code and redirects to the app with it.
+pub(crate) fn accept(st: &mut State, ar: AuthRequest, account: Option<String>) -> Resp {
     let Some(account) = account.filter(|a| st.world.account(a).is_some()) else {
         return bad_request("server_error", "The stand-in has no account to consent as");
     };
+    let Ok(mut target) = url::Url::parse(&ar.redirect_uri) else {
+        return bad_request("invalid_request", "The redirect_uri is not a URL");
+    };
     let consent = Consent {
-        client_id: client_id.to_owned(),
+        client_id: ar.client_id,
         sites: st.world.sites_of(&account),
         account_id: account,
-        redirect_uri: redirect_uri.to_owned(),
-        scopes,
-        code_challenge,
+        redirect_uri: ar.redirect_uri,
+        scopes: ar.scopes,
+        code_challenge: ar.code_challenge,
     };
     let now = st.now();
     let code = match st.tokens.issue_code(now, consent) {
@@ -125,11 +158,29 @@ pub(crate) fn authorize(st: &mut State, req: &Req) -> Resp {
     {
         let mut q = target.query_pairs_mut();
         q.append_pair("code", &code);
-        if let Some(s) = state {
+        if let Some(s) = &ar.state {
             q.append_pair("state", s);
         }
     }
     redirect(target.as_str())
+}
+
+/// `GET /authorize`: validates, then declines (when the test asked), shows the consent page
+/// (when turned on), or consents at once as the consenting account.
+pub(crate) fn authorize(st: &mut State, req: &Req) -> Resp {
+    let ar = match validate(st, req) {
+        Ok(ar) => ar,
+        Err((error, description)) => return bad_request(error, &description),
+    };
+    if st.decline_next {
+        st.decline_next = false;
+        return decline(&ar);
+    }
+    if st.consent_page {
+        return super::consent::page(st, ar);
+    }
+    let account = consenting_account(st);
+    accept(st, ar, account)
 }
 
 /// The parameters of a token request, from a JSON or a form body.

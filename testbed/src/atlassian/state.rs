@@ -2,12 +2,14 @@
 //! and counters, the controllable clock and the per-test knobs. Both the Rust API
 //! ([`super::StandIn`]) and the HTTP control API (`/_testbed/...`) act through these methods.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::faults::Faults;
+use super::oauth::AuthRequest;
 use super::tokens::{DEFAULT_ACCESS_LIFETIME_SECS, TokenStore};
 use super::world::World;
 
@@ -38,6 +40,10 @@ pub(crate) struct State {
     pub(crate) consenting: Option<String>,
     /// Whether the next consent is declined.
     pub(crate) decline_next: bool,
+    /// Whether `/authorize` shows a consent page instead of consenting at once.
+    pub(crate) consent_page: bool,
+    /// Authorization requests waiting on the consent page, by request id.
+    pub(crate) pending: HashMap<String, AuthRequest>,
 }
 
 impl Default for State {
@@ -52,6 +58,8 @@ impl Default for State {
             service_lifetime: DEFAULT_ACCESS_LIFETIME_SECS,
             consenting: None,
             decline_next: false,
+            consent_page: false,
+            pending: HashMap::new(),
         }
     }
 }

@@ -297,7 +297,10 @@ impl TokenStore {
     ) -> Result<Grant, TokenError> {
         let access_token = mint("atl_at_")?;
         let (client, account, scopes) = {
-            let f = &self.families[family];
+            let f = self
+                .families
+                .get(family)
+                .ok_or(TokenError::InvalidGrant(UNKNOWN_REFRESH_TOKEN))?;
             (f.client_id.clone(), f.account_id.clone(), f.scopes.clone())
         };
         let refresh_token = if scopes.iter().any(|s| s == "offline_access") {
@@ -355,7 +358,7 @@ impl TokenStore {
         const REFUSED: TokenError = TokenError::InvalidGrant(UNKNOWN_REFRESH_TOKEN);
         let entry = self.refresh.get(refresh_token).ok_or(REFUSED)?;
         let family_id = entry.family;
-        let family = &mut self.families[family_id];
+        let family = self.families.get_mut(family_id).ok_or(REFUSED)?;
         if family.client_id != client_id
             || family.revoked
             || now >= after(family.consented_at, ABSOLUTE_SECS)
@@ -428,7 +431,7 @@ impl TokenStore {
                 Ok(entry.principal.clone())
             };
         };
-        let family = &self.families[family_id];
+        let family = self.families.get(family_id).ok_or(AccessError::Unknown)?;
         if family.revoked {
             return Err(AccessError::Revoked);
         }

@@ -151,6 +151,13 @@ impl World {
         self.accounts.get(account_id)
     }
 
+    /// Every account, in the order they were added.
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.account_order
+            .iter()
+            .filter_map(|id| self.accounts.get(id))
+    }
+
     /// The first account added: who consents when the test has not chosen.
     pub fn default_account(&self) -> Option<&str> {
         self.account_order.first().map(String::as_str)
