@@ -185,6 +185,11 @@ impl StandIn {
         self.state().faults.fail_next(endpoint, n, fault);
     }
 
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     /// Calls per endpoint and per `grant_type`.
     pub fn counters(&self) -> Counters {
         self.state().faults.counters()

@@ -90,3 +90,29 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frozen_clock_moves_only_when_advanced() {
+        let mut st = State::default();
+        st.freeze_clock();
+        let t0 = st.now();
+        assert_eq!(st.now(), t0);
+        st.advance_clock(Duration::from_secs(90));
+        assert_eq!(st.now().duration_since(t0), SignedDuration::from_secs(90));
+        // Freezing again keeps the instant.
+        st.freeze_clock();
+        assert_eq!(st.now().duration_since(t0), SignedDuration::from_secs(90));
+    }
+
+    #[test]
+    fn a_running_clock_carries_the_offset() {
+        let mut st = State::default();
+        st.advance_clock(Duration::from_secs(86_400));
+        let ahead = st.now().duration_since(Timestamp::now());
+        assert!(ahead > SignedDuration::from_secs(86_300), "{ahead:?}");
+    }
+}
