@@ -233,91 +233,125 @@ fn grant_body(g: Grant) -> Value {
     Value::Object(m)
 }
 
-/// `POST /oauth/token`, given its already parsed parameters.
-pub(crate) fn token(st: &mut State, req: &Req, params: &HashMap<String, String>) -> Resp {
-    let p = |k: &str| params.get(k).map(String::as_str);
-    let basic = basic_credentials(req);
-    let client_id = p("client_id").or(basic.as_ref().map(|b| b.0.as_str()));
-    let secret = p("client_secret").or(basic.as_ref().map(|b| b.1.as_str()));
-    let (Some(client_id), Some(secret)) = (client_id, secret) else {
-        return unauthorized();
-    };
-    let now = st.now();
-    let result = match p("grant_type") {
-        None => return bad_request("invalid_request", "Missing required parameter: grant_type"),
-        Some("authorization_code") | Some("refresh_token") => {
-            if st
-                .world
-                .client(client_id)
-                .is_none_or(|c| c.client_secret != secret)
-            {
-                return unauthorized();
-            }
-            if p("grant_type") == Some("authorization_code") {
-                let Some(code) = p("code") else {
-                    return bad_request("invalid_request", "Missing required parameter: code");
-                };
-                let lifetime = st.access_lifetime;
-                st.tokens.exchange_code(
-                    now,
-                    client_id,
-                    code,
-                    p("redirect_uri"),
-                    p("code_verifier"),
-                    lifetime,
-                )
-            } else {
-                let Some(rt) = p("refresh_token") else {
-                    return bad_request(
-                        "invalid_request",
-                        "Missing required parameter: refresh_token",
-                    );
-                };
-                let lifetime = st.access_lifetime;
-                st.tokens.refresh(now, client_id, rt, lifetime)
-            }
-        }
-        Some("client_credentials") => {
-            let Some(sa) = st.world.service_account(client_id) else {
-                return match st.world.client(client_id) {
-                    Some(c) if c.client_secret == secret => oauth_error(
-                        StatusCode::FORBIDDEN,
-                        "unauthorized_client",
-                        "Grant type 'client_credentials' not allowed for the client.",
-                    ),
-                    _ => unauthorized(),
-                };
-            };
-            if sa.client_secret != secret {
-                return unauthorized();
-            }
-            let allowed = sa.effective_scopes();
-            let scopes: Vec<String> = match p("scope") {
-                Some(s) => s.split_whitespace().map(str::to_owned).collect(),
-                None => allowed.clone(),
-            };
-            if let Some(bad) = scopes.iter().find(|s| !allowed.contains(s)) {
-                return oauth_error(
-                    StatusCode::FORBIDDEN,
-                    "access_denied",
-                    &format!("Client has not been granted scopes: {bad}"),
-                );
-            }
-            let principal = Principal {
-                client_id: client_id.to_owned(),
-                account_id: sa.account_id.clone(),
-                scopes,
-                sites: vec![sa.site.clone()],
-            };
-            let lifetime = st.service_lifetime;
-            st.tokens.client_credentials(now, principal, lifetime)
-        }
-        Some(_) => {
-            return bad_request("unsupported_grant_type", "Unsupported grant type");
-        }
-    };
+/// The token request's parameters, with the client credentials from the body or HTTP Basic.
+struct TokenRequest<'a> {
+    params: &'a HashMap<String, String>,
+    client_id: String,
+    secret: String,
+}
+
+impl TokenRequest<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.params.get(key).map(String::as_str)
+    }
+}
+
+/// The answer to a token request: the grant, or the refusal in Atlassian's shape.
+fn answer(result: Result<Grant, TokenError>) -> Resp {
     match result {
         Ok(g) => json_no_store(StatusCode::OK, &grant_body(g)),
         Err(e) => token_error(e),
     }
+}
+
+/// `POST /oauth/token`, given its already parsed parameters.
+pub(crate) fn token(st: &mut State, req: &Req, params: &HashMap<String, String>) -> Resp {
+    let basic = basic_credentials(req);
+    let from_body = |k: &str| params.get(k).cloned();
+    let client_id = from_body("client_id").or_else(|| basic.as_ref().map(|b| b.0.clone()));
+    let secret = from_body("client_secret").or_else(|| basic.as_ref().map(|b| b.1.clone()));
+    let (Some(client_id), Some(secret)) = (client_id, secret) else {
+        return unauthorized();
+    };
+    let tr = TokenRequest {
+        params,
+        client_id,
+        secret,
+    };
+    match tr.get("grant_type") {
+        None => bad_request("invalid_request", "Missing required parameter: grant_type"),
+        Some("authorization_code") => authorization_code(st, &tr),
+        Some("refresh_token") => refresh_token(st, &tr),
+        Some("client_credentials") => client_credentials(st, &tr),
+        Some(_) => bad_request("unsupported_grant_type", "Unsupported grant type"),
+    }
+}
+
+/// Whether the 3LO app's id and secret are right.
+fn app_authenticated(st: &State, tr: &TokenRequest<'_>) -> bool {
+    st.world
+        .client(&tr.client_id)
+        .is_some_and(|c| c.client_secret == tr.secret)
+}
+
+/// `grant_type=authorization_code`.
+fn authorization_code(st: &mut State, tr: &TokenRequest<'_>) -> Resp {
+    if !app_authenticated(st, tr) {
+        return unauthorized();
+    }
+    let Some(code) = tr.get("code") else {
+        return bad_request("invalid_request", "Missing required parameter: code");
+    };
+    let (now, lifetime) = (st.now(), st.access_lifetime);
+    answer(st.tokens.exchange_code(
+        now,
+        &tr.client_id,
+        code,
+        tr.get("redirect_uri"),
+        tr.get("code_verifier"),
+        lifetime,
+    ))
+}
+
+/// `grant_type=refresh_token`.
+fn refresh_token(st: &mut State, tr: &TokenRequest<'_>) -> Resp {
+    if !app_authenticated(st, tr) {
+        return unauthorized();
+    }
+    let Some(rt) = tr.get("refresh_token") else {
+        return bad_request(
+            "invalid_request",
+            "Missing required parameter: refresh_token",
+        );
+    };
+    let (now, lifetime) = (st.now(), st.access_lifetime);
+    answer(st.tokens.refresh(now, &tr.client_id, rt, lifetime))
+}
+
+/// `grant_type=client_credentials`: service-account credentials only.
+fn client_credentials(st: &mut State, tr: &TokenRequest<'_>) -> Resp {
+    let Some(sa) = st.world.service_account(&tr.client_id) else {
+        return if app_authenticated(st, tr) {
+            oauth_error(
+                StatusCode::FORBIDDEN,
+                "unauthorized_client",
+                "Grant type 'client_credentials' not allowed for the client.",
+            )
+        } else {
+            unauthorized()
+        };
+    };
+    if sa.client_secret != tr.secret {
+        return unauthorized();
+    }
+    let allowed = sa.effective_scopes();
+    let scopes: Vec<String> = match tr.get("scope") {
+        Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+        None => allowed.clone(),
+    };
+    if let Some(bad) = scopes.iter().find(|s| !allowed.contains(s)) {
+        return oauth_error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            &format!("Client has not been granted scopes: {bad}"),
+        );
+    }
+    let principal = Principal {
+        client_id: tr.client_id.clone(),
+        account_id: sa.account_id.clone(),
+        scopes,
+        sites: vec![sa.site.clone()],
+    };
+    let (now, lifetime) = (st.now(), st.service_lifetime);
+    answer(st.tokens.client_credentials(now, principal, lifetime))
 }
