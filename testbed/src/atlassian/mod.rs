@@ -6,7 +6,7 @@
 //! and the Confluence Cloud gateway, for tests and the local demo.
 //!
 //! This file: the [`StandIn`] handle (start, stop on drop, the Rust control API) and the
-//! routing of requests to [`oauth`], [`api`] and [`control`]. One URL serves both roles, the
+//! routing of requests to `oauth`, `api`, `consent` and `control`. One URL serves both roles, the
 //! authorization server (`auth.atlassian.com`) and the API gateway (`api.atlassian.com`). The
 //! world, the HTTP control API and the demo world are described in `testbed/ATLASSIAN.md`.
 
