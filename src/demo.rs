@@ -35,7 +35,9 @@ const EXAMPLES: [(&str, &str); 3] = [
 pub async fn run(args: DemoArgs) -> DemoResult<()> {
     let workdir = tempfile::tempdir()?;
     let (_apiserver, kubeconfig) = cluster(&workdir).await?;
-    let client = Client::try_from(Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?)?;
+    let client = Client::try_from(
+        Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?,
+    )?;
     let atlassian = StandIn::demo_world().await?;
     say(&format!("Atlassian stand-in at {}", atlassian.url()));
 
@@ -45,7 +47,10 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         public_url: format!("http://127.0.0.1:{port}").parse()?,
         atlassian_auth_url: atlassian.url().parse()?,
         atlassian_api_url: atlassian.url().parse()?,
-        atlassian_tenant_info_url: format!("{}/site/{{site}}/_edge/tenant_info", atlassian.url().trim_end_matches('/')),
+        atlassian_tenant_info_url: format!(
+            "{}/site/{{site}}/_edge/tenant_info",
+            atlassian.url().trim_end_matches('/')
+        ),
         atlassian_timeout: Duration::from_secs(10),
         webhook_addr: format!("127.0.0.1:{port}").parse()?,
         metrics_addr: "127.0.0.1:0".parse()?,
@@ -60,21 +65,37 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        operator::run(run_args, operator_client, stop, |l| say(&format!("operator: OAuth web server on {}, metrics on {}", l.webhook, l.metrics))).await
+        operator::run(run_args, operator_client, stop, |l| {
+            say(&format!(
+                "operator: OAuth web server on {}, metrics on {}",
+                l.webhook, l.metrics
+            ))
+        })
+        .await
     });
 
     let installations: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), NAMESPACE);
     let users: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), NAMESPACE);
-    let link = wait_for(&installations, "acme", |c| c.credential().and_then(|s| s.authorization_url.clone())).await?;
-    say(&format!("ConfluenceInstallation demo/acme is AwaitingAuthorization; its link:\n    {link}"));
+    let link = wait_for(&installations, "acme", |c| {
+        c.credential().and_then(|s| s.authorization_url.clone())
+    })
+    .await?;
+    say(&format!(
+        "ConfluenceInstallation demo/acme is AwaitingAuthorization; its link:\n    {link}"
+    ));
     say("consenting as the stand-in's admin \"Ada Admin\" (a browser would open that link)...");
     atlassian.consent_as(ADMIN_ACCOUNT);
     browse(&link).await?;
     wait_for(&installations, "acme", ready).await?;
     say("ConfluenceInstallation demo/acme is Ready");
 
-    let user_link = wait_for(&users, "alice", |c| c.credential().and_then(|s| s.authorization_url.clone())).await?;
-    say(&format!("ConfluenceUserAuth demo/alice is AwaitingAuthorization; its link:\n    {user_link}"));
+    let user_link = wait_for(&users, "alice", |c| {
+        c.credential().and_then(|s| s.authorization_url.clone())
+    })
+    .await?;
+    say(&format!(
+        "ConfluenceUserAuth demo/alice is AwaitingAuthorization; its link:\n    {user_link}"
+    ));
     atlassian.consent_as(USER_ACCOUNT);
     browse(&user_link).await?;
     wait_for(&users, "alice", ready).await?;
@@ -83,8 +104,14 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let token = secrets.get("alice-token").await?;
     let keys: Vec<String> = token.data.unwrap_or_default().into_keys().collect();
-    say(&format!("Secret demo/alice-token (what pods mount) has keys: {}", keys.join(", ")));
-    say(&format!("kubectl --kubeconfig {} get confluence-auth -n {NAMESPACE}", kubeconfig.display()));
+    say(&format!(
+        "Secret demo/alice-token (what pods mount) has keys: {}",
+        keys.join(", ")
+    ));
+    say(&format!(
+        "kubectl --kubeconfig {} get confluence-auth -n {NAMESPACE}",
+        kubeconfig.display()
+    ));
 
     if !args.exit_when_ready {
         say("the demo keeps running; Ctrl-C stops it");
@@ -105,7 +132,11 @@ async fn cluster(workdir: &tempfile::TempDir) -> DemoResult<(Option<ApiServer>, 
     let server = ApiServer::start().await?;
     let path = workdir.path().join("kubeconfig");
     server.write_kubeconfig(&path)?;
-    say(&format!("no cluster configured: embedded test control plane at {} (kubeconfig {})", server.url(), path.display()));
+    say(&format!(
+        "no cluster configured: embedded test control plane at {} (kubeconfig {})",
+        server.url(),
+        path.display()
+    ));
     Ok((Some(server), path))
 }
 
@@ -114,19 +145,30 @@ async fn install(client: &Client) -> DemoResult<()> {
     let apply = PatchParams::apply("confluence-auth-demo").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for definition in crd::all() {
-        crds.patch(&definition.name_any(), &apply, &Patch::Apply(&definition)).await?;
+        crds.patch(&definition.name_any(), &apply, &Patch::Apply(&definition))
+            .await?;
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in [NAMESPACE, OPERATOR_NAMESPACE] {
-        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         match namespaces.create(&PostParams::default(), &ns).await {
-            Ok(_) | Err(kube::Error::Api(kube::core::ErrorResponse { code: 409, .. })) => {}
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
     }
     for (file, yaml) in EXAMPLES {
         let object: DynamicObject = serde_yaml_ng::from_str(yaml)?;
-        let types = object.types.clone().ok_or_else(|| format!("examples/{file} has no apiVersion/kind"))?;
+        let types = object
+            .types
+            .clone()
+            .ok_or_else(|| format!("examples/{file} has no apiVersion/kind"))?;
         let (group, version) = types.api_version.rsplit_once('/').unwrap_or(("", &types.api_version));
         let resource = ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(group, version, &types.kind));
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
@@ -138,30 +180,56 @@ async fn install(client: &Client) -> DemoResult<()> {
 
 /// Follows a start link through consent to the callback, as a browser would.
 async fn browse(link: &str) -> DemoResult<()> {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let start = http.get(link).send().await?;
-    let cookie = start.headers().get("set-cookie").and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::to_string);
+    let cookie = start
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string);
     let consent_url = location(&start)?;
     let consent = http.get(consent_url).send().await?;
     let callback = location(&consent)?;
-    let page = http.get(callback).header("Cookie", cookie.unwrap_or_default()).send().await?;
+    let page = http
+        .get(callback)
+        .header("Cookie", cookie.unwrap_or_default())
+        .send()
+        .await?;
     let status = page.status();
     let body = page.text().await?;
-    let message = body.split("<p>").nth(1).and_then(|p| p.split("</p>").next()).unwrap_or("").to_string();
+    let message = body
+        .split("<p>")
+        .nth(1)
+        .and_then(|p| p.split("</p>").next())
+        .unwrap_or("")
+        .to_string();
     say(&format!("callback page ({status}): {message}"));
-    if status.is_success() { Ok(()) } else { Err(format!("the callback answered {status}").into()) }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the callback answered {status}").into())
+    }
 }
 
 fn location(response: &reqwest::Response) -> DemoResult<String> {
     let location = response.headers().get("location").and_then(|v| v.to_str().ok());
-    Ok(location.ok_or_else(|| format!("expected a redirect, got {}", response.status()))?.to_string())
+    Ok(location
+        .ok_or_else(|| format!("expected a redirect, got {}", response.status()))?
+        .to_string())
 }
 
 fn ready<K: CredentialResource>(obj: &K) -> Option<()> {
     (obj.credential().and_then(|s| s.phase) == Some(Phase::Ready)).then_some(())
 }
 
-async fn wait_for<K: CredentialResource, T>(api: &Api<K>, name: &str, check: impl Fn(&K) -> Option<T>) -> DemoResult<T> {
+async fn wait_for<K: CredentialResource, T>(
+    api: &Api<K>,
+    name: &str,
+    check: impl Fn(&K) -> Option<T>,
+) -> DemoResult<T> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(value) = api.get_opt(name).await?.as_ref().and_then(&check) {

@@ -13,6 +13,7 @@ pub mod grant;
 pub mod metrics;
 pub mod oauth;
 pub mod operator;
+pub mod refresh;
 pub mod store;
 pub mod telemetry;
 pub mod token_set;

@@ -15,7 +15,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crd { out_dir: Some(dir) } => crd::write_files(&dir).map_err(Into::into),
-        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args)).map_err(|e| e as Box<dyn std::error::Error>)),
+        Command::Demo(args) => runtime().and_then(|rt| {
+            rt.block_on(demo::run(args))
+                .map_err(|e| e as Box<dyn std::error::Error>)
+        }),
         Command::Run(args) => runtime().and_then(|rt| {
             rt.block_on(async {
                 let client = kube::Client::try_default().await?;

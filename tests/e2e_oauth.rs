@@ -26,20 +26,32 @@ async fn setup() -> (Env, Operator, String) {
 
 async fn link_of<K: CredentialResource>(api: &Api<K>, name: &str) -> String {
     eventually("an authorization link in status", || async {
-        api.get(name).await.ok().and_then(|o| o.credential().and_then(|c| c.authorization_url.clone()))
+        api.get(name)
+            .await
+            .ok()
+            .and_then(|o| o.credential().and_then(|c| c.authorization_url.clone()))
     })
     .await
 }
 
 async fn ready<K: CredentialResource>(api: &Api<K>, name: &str) -> K {
     eventually("phase Ready", || async {
-        api.get(name).await.ok().filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
+        api.get(name)
+            .await
+            .ok()
+            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
     })
     .await
 }
 
 fn text(secret: &Secret) -> BTreeMap<String, String> {
-    secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect()
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
 }
 
 fn example(name: &str) -> String {
@@ -49,10 +61,24 @@ fn example(name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     let (env, operator, ns) = setup().await;
-    env.kubectl_ok(&["apply", "-n", &ns, "-f", &example("client-secret.yaml"), "-f", &example("installation.yaml")]);
+    env.kubectl_ok(&[
+        "apply",
+        "-n",
+        &ns,
+        "-f",
+        &example("client-secret.yaml"),
+        "-f",
+        &example("installation.yaml"),
+    ]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
     let link = link_of(&installations, "acme").await;
-    assert!(link.starts_with(&format!("{}/oauth/start/{ns}/installation/acme?nonce=", operator.public_url)), "{link}");
+    assert!(
+        link.starts_with(&format!(
+            "{}/oauth/start/{ns}/installation/acme?nonce=",
+            operator.public_url
+        )),
+        "{link}"
+    );
     let awaiting = installations.get("acme").await.unwrap();
     assert_eq!(awaiting.credential().unwrap().phase, Some(Phase::AwaitingAuthorization));
 
@@ -60,7 +86,11 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     let mut browser = Browser::new();
     let page = browser.authorize(&link).await;
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.body.contains("https://acme.atlassian.net") && page.body.contains("Ada Admin"), "{}", page.body);
+    assert!(
+        page.body.contains("https://acme.atlassian.net") && page.body.contains("Ada Admin"),
+        "{}",
+        page.body
+    );
     assert_eq!(page.headers["cache-control"], "no-store");
     assert_eq!(page.headers["referrer-policy"], "no-referrer");
 
@@ -72,10 +102,20 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     assert_eq!(status.installed_by.as_deref(), Some(ADA));
     assert_eq!(status.secret_name.as_deref(), Some("acme-token"));
     assert!(status.authorization_url.is_none() && status.authorization_nonce_hash.is_none());
-    assert!(status.granted_scopes.as_ref().unwrap().contains(&"offline_access".to_string()));
+    assert!(
+        status
+            .granted_scopes
+            .as_ref()
+            .unwrap()
+            .contains(&"offline_access".to_string())
+    );
     let expires = status.access_token_expires_at.as_ref().unwrap().0;
     let refresh_dies = status.refresh_token_expires_at.as_ref().unwrap().0;
-    assert_eq!((refresh_dies - expires).get_hours() / 24, 364, "refresh token lives 365 days from consent");
+    assert_eq!(
+        (refresh_dies - expires).get_hours() / 24,
+        364,
+        "refresh token lives 365 days from consent"
+    );
     assert!(conditions::is_true(&status.conditions, conditions::READY));
     assert!(conditions::is_true(&status.conditions, conditions::AUTHORIZED));
 
@@ -91,28 +131,55 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
         assert_eq!(labels["confluence-auth.dev/owner-kind"], "ConfluenceInstallation");
         assert_eq!(labels["confluence-auth.dev/owner-name"], "acme");
         let owner = &secret.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("ConfluenceInstallation", "acme", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("ConfluenceInstallation", "acme", Some(true))
+        );
         assert_eq!(Some(&owner.uid), cfi.metadata.uid.as_ref());
     }
     let data = text(&token);
     assert_eq!(
         data.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["access_token", "account_id", "api_base_url", "cloud_id", "expires_at", "scopes", "site_url", "token_type"]
+        [
+            "access_token",
+            "account_id",
+            "api_base_url",
+            "cloud_id",
+            "expires_at",
+            "scopes",
+            "site_url",
+            "token_type"
+        ]
     );
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["cloud_id"], ACME_CLOUD_ID);
     assert_eq!(data["site_url"], "https://acme.atlassian.net");
-    assert_eq!(data["api_base_url"], format!("{}/ex/confluence/{ACME_CLOUD_ID}", env.atlassian.url().trim_end_matches('/')));
+    assert_eq!(
+        data["api_base_url"],
+        format!(
+            "{}/ex/confluence/{ACME_CLOUD_ID}",
+            env.atlassian.url().trim_end_matches('/')
+        )
+    );
     assert_eq!(data["account_id"], ADA);
     assert_eq!(data["scopes"], status.granted_scopes.as_ref().unwrap().join(" "));
-    assert_eq!(data["expires_at"].parse::<jiff::Timestamp>().unwrap().as_second(), expires.as_second());
+    assert_eq!(
+        data["expires_at"].parse::<jiff::Timestamp>().unwrap().as_second(),
+        expires.as_second()
+    );
     let issued = env.atlassian.issued_secrets();
-    assert!(issued.iter().any(|s| s.value == data["access_token"]), "the token Secret holds the access token Atlassian issued");
+    assert!(
+        issued.iter().any(|s| s.value == data["access_token"]),
+        "the token Secret holds the access token Atlassian issued"
+    );
     let envelope = String::from_utf8_lossy(&vault.data.as_ref().unwrap()["envelope"].0).into_owned();
     for secret in &issued {
         assert!(!envelope.contains(&secret.value), "the vault holds only ciphertext");
         if secret.value != data["access_token"] {
-            assert!(!data.values().any(|v| v.contains(&secret.value)), "the token Secret holds no refresh token or code");
+            assert!(
+                !data.values().any(|v| v.contains(&secret.value)),
+                "the token Secret holds no refresh token or code"
+            );
         }
     }
 
@@ -124,7 +191,10 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     env.kubectl_ok(&["apply", "-n", &ns, "-f", &example("user-auth.yaml")]);
     let users: Api<ConfluenceUserAuth> = Api::namespaced(env.client.clone(), &ns);
     let user_link = link_of(&users, "alice").await;
-    assert!(user_link.contains(&format!("/oauth/start/{ns}/user/alice?nonce=")), "{user_link}");
+    assert!(
+        user_link.contains(&format!("/oauth/start/{ns}/user/alice?nonce=")),
+        "{user_link}"
+    );
     env.atlassian.consent_as(BOB);
     let page = Browser::new().authorize(&user_link).await;
     assert_eq!(page.status, 200, "{}", page.body);
@@ -135,10 +205,16 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     assert_eq!(status.display_name.as_deref(), Some("Bob User"));
     assert_eq!(status.bound_installation.as_deref(), Some("acme"));
     assert_eq!(status.credential.cloud_id.as_deref(), Some(ACME_CLOUD_ID));
-    assert!(conditions::is_true(&status.credential.conditions, conditions::INSTALLATION_READY));
+    assert!(conditions::is_true(
+        &status.credential.conditions,
+        conditions::INSTALLATION_READY
+    ));
     let alice_token = text(&secrets.get("alice-token").await.unwrap());
     assert_eq!(alice_token["account_id"], BOB);
-    assert_eq!(secrets.get("alice-vault").await.unwrap().labels()["confluence-auth.dev/owner-kind"], "ConfluenceUserAuth");
+    assert_eq!(
+        secrets.get("alice-vault").await.unwrap().labels()["confluence-auth.dev/owner-kind"],
+        "ConfluenceUserAuth"
+    );
 
     assert_no_secret_leaked(&env, &operator, &ns).await;
 }
@@ -148,10 +224,20 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
 pub async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str) {
     let mut haystack = operator.logs();
     haystack.push_str(&env.kubectl_ok(&["get", "cfi,cfua", "-n", ns, "-o", "yaml"]));
-    haystack.push_str(&env.kubectl(&["get", "events", "-n", ns, "-o", "yaml"]).stdout.iter().map(|&b| b as char).collect::<String>());
+    haystack.push_str(
+        &env.kubectl(&["get", "events", "-n", ns, "-o", "yaml"])
+            .stdout
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>(),
+    );
     let issued = env.atlassian.issued_secrets();
     assert!(!issued.is_empty());
     for secret in issued {
-        assert!(!haystack.contains(&secret.value), "{:?} issued by the stand-in leaked", secret.kind);
+        assert!(
+            !haystack.contains(&secret.value),
+            "{:?} issued by the stand-in leaked",
+            secret.kind
+        );
     }
 }

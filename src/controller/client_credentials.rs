@@ -34,7 +34,10 @@ pub async fn ensure_token(
         return report_failed(shared, cfi, reason::CLIENT_SECRET_MISSING, message).await;
     };
     let site_host = policy.site_host.clone().unwrap_or_default();
-    let credentials = ClientCredentials { client_id: cfi.spec.client_id.clone(), client_secret };
+    let credentials = ClientCredentials {
+        client_id: cfi.spec.client_id.clone(),
+        client_secret,
+    };
     let minted = async {
         let cloud_id = ctx.atlassian.tenant_info(&site_host).await?;
         let tokens = ctx.atlassian.client_credentials(&credentials).await?;
@@ -48,7 +51,9 @@ pub async fn ensure_token(
     let (cloud_id, tokens, identity) = match minted {
         Ok(minted) => minted,
         Err(AtlassianError::InvalidClient) => {
-            let message = "Atlassian rejected spec.clientId / the client secret: check the service account's OAuth credential".to_string();
+            let message =
+                "Atlassian rejected spec.clientId / the client secret: check the service account's OAuth credential"
+                    .to_string();
             return report_failed(shared, cfi, reason::INVALID_CLIENT_CREDENTIALS, message).await;
         }
         Err(e) => {
@@ -68,7 +73,15 @@ pub async fn ensure_token(
         obtained_at: now,
         consented_at: now,
     };
-    store::write_tokens(&ctx.client, &ctx.keys, cfi, &set, &policy.token_secret_name, &ctx.atlassian.api_base_url(&cloud_id)).await?;
+    store::write_tokens(
+        &ctx.client,
+        &ctx.keys,
+        cfi,
+        &set,
+        &policy.token_secret_name,
+        &ctx.atlassian.api_base_url(&cloud_id),
+    )
+    .await?;
     let account = identity.account_id.clone();
     store::update_status(&ctx.client, cfi, move |obj| {
         let status = &mut obj.status.get_or_insert_with(Default::default).credential;

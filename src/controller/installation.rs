@@ -5,9 +5,9 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{ReconcileError, client_credentials, Shared, await_consent, report_failed, report_stored, stored_tokens};
-use crate::crd::{ConfluenceInstallation, GrantType};
+use super::{ReconcileError, Shared, await_consent, client_credentials, report_failed, report_stored, stored_tokens};
 use crate::crd::conditions::reason;
+use crate::crd::{ConfluenceInstallation, GrantType};
 use crate::validation;
 
 /// One pass over an installation.

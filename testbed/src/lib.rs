@@ -2,4 +2,5 @@
 //! (`apiserver`) and an Atlassian OAuth 2.0 (3LO) stand-in (`atlassian`), used by the
 //! operator's tests and by its `demo` subcommand. Never part of the operator's production path.
 
+pub mod apiserver;
 pub mod atlassian;

@@ -9,8 +9,8 @@ use reqwest::StatusCode;
 use reqwest::header::{HOST, LOCATION, RETRY_AFTER};
 use serde_json::{Value, json};
 use testbed::atlassian::{
-    Account, ClientApp, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SERVICE_CLIENT_ID,
-    DEMO_SERVICE_CLIENT_SECRET, Endpoint, Fault, SecretKind, Site, StandIn,
+    Account, ClientApp, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SERVICE_CLIENT_ID, DEMO_SERVICE_CLIENT_SECRET,
+    Endpoint, Fault, SecretKind, Site, StandIn,
 };
 
 const CB: &str = "https://app.example/oauth/callback";
@@ -60,10 +60,7 @@ async fn world() -> StandIn {
     });
     s.add_site(acme());
     s.add_site(globex());
-    s.add_account(person(
-        "ada",
-        &["acme.atlassian.net", "globex.atlassian.net"],
-    ));
+    s.add_account(person("ada", &["acme.atlassian.net", "globex.atlassian.net"]));
     s.add_account(person("bob", &["acme.atlassian.net"]));
     s.add_account(person("guest", &[]));
     s
@@ -91,10 +88,8 @@ async fn grant_for(base: &str, client: (&str, &str), account_scopes: &str) -> Va
         .expect("code");
     let resp = http()
         .post(format!("{base}/oauth/token"))
-        .json(
-            &json!({"grant_type": "authorization_code", "client_id": client.0,
-                      "client_secret": client.1, "code": code, "redirect_uri": CB}),
-        )
+        .json(&json!({"grant_type": "authorization_code", "client_id": client.0,
+                      "client_secret": client.1, "code": code, "redirect_uri": CB}))
         .send()
         .await
         .expect("token");
@@ -141,10 +136,7 @@ async fn accessible_resources_list_the_sites_of_the_consenting_account() {
     let ada = grant(&s, "ada", SCOPES).await;
     assert_eq!(
         get(url.clone(), Some(&ada)).await,
-        (
-            StatusCode::OK,
-            json!([resource(&acme()), resource(&globex())])
-        )
+        (StatusCode::OK, json!([resource(&acme()), resource(&globex())]))
     );
     let bob = grant(&s, "bob", SCOPES).await;
     assert_eq!(
@@ -152,10 +144,7 @@ async fn accessible_resources_list_the_sites_of_the_consenting_account() {
         (StatusCode::OK, json!([resource(&acme())]))
     );
     let guest = grant(&s, "guest", SCOPES).await;
-    assert_eq!(
-        get(url.clone(), Some(&guest)).await,
-        (StatusCode::OK, json!([]))
-    );
+    assert_eq!(get(url.clone(), Some(&guest)).await, (StatusCode::OK, json!([])));
     assert_eq!(get(url.clone(), None).await, unauthorized());
     assert_eq!(get(url, Some("atl_at_forged")).await, unauthorized());
 }
@@ -182,12 +171,7 @@ async fn identity_endpoints() {
         )
     );
 
-    let current = |cloud: &str| {
-        format!(
-            "{}/ex/confluence/{cloud}/wiki/rest/api/user/current",
-            s.url()
-        )
-    };
+    let current = |cloud: &str| format!("{}/ex/confluence/{cloud}/wiki/rest/api/user/current", s.url());
     let (status, user) = get(current("cloud-acme"), Some(&no_read_me)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(user["accountId"], "ada");
@@ -205,10 +189,7 @@ async fn identity_endpoints() {
     );
     assert_eq!(
         get(current("cloud-nowhere"), Some(&bob)).await,
-        (
-            StatusCode::NOT_FOUND,
-            json!({"code": 404, "message": "Site not found"})
-        )
+        (StatusCode::NOT_FOUND, json!({"code": 404, "message": "Site not found"}))
     );
     assert_eq!(get(current("cloud-acme"), None).await, unauthorized());
 }
@@ -228,11 +209,7 @@ async fn tenant_info_by_host_header_and_by_path() {
         json!({"cloudId": "cloud-globex"})
     );
     assert_eq!(
-        get(
-            format!("{}/site/acme.atlassian.net/_edge/tenant_info", s.url()),
-            None
-        )
-        .await,
+        get(format!("{}/site/acme.atlassian.net/_edge/tenant_info", s.url()), None).await,
         (StatusCode::OK, json!({"cloudId": "cloud-acme"}))
     );
     assert_eq!(
@@ -241,10 +218,7 @@ async fn tenant_info_by_host_header_and_by_path() {
             None
         )
         .await,
-        (
-            StatusCode::NOT_FOUND,
-            json!({"code": 404, "message": "Site not found"})
-        )
+        (StatusCode::NOT_FOUND, json!({"code": 404, "message": "Site not found"}))
     );
 }
 
@@ -258,10 +232,7 @@ async fn user_revocation_kills_every_token_of_that_account_and_app() {
     assert_eq!(s.revoke_user("ada", "app"), 2);
     let url = format!("{}/oauth/token/accessible-resources", s.url());
     for g in [&g1, &g2] {
-        assert_eq!(
-            get(url.clone(), g["access_token"].as_str()).await,
-            unauthorized()
-        );
+        assert_eq!(get(url.clone(), g["access_token"].as_str()).await, unauthorized());
         let resp = http()
             .post(format!("{}/oauth/token", s.url()))
             .json(&json!({"grant_type": "refresh_token", "client_id": "app",
@@ -275,11 +246,7 @@ async fn user_revocation_kills_every_token_of_that_account_and_app() {
             json!({"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."})
         );
     }
-    assert_eq!(
-        get(url, Some(&bob)).await.0,
-        StatusCode::OK,
-        "Bob is not affected"
-    );
+    assert_eq!(get(url, Some(&bob)).await.0, StatusCode::OK, "Bob is not affected");
 }
 
 #[tokio::test]
@@ -288,17 +255,10 @@ async fn removing_the_app_from_a_site_drops_that_site() {
     let ada = grant(&s, "ada", SCOPES).await;
     s.remove_app_from_site("app", "acme.atlassian.net");
     assert_eq!(
-        get(
-            format!("{}/oauth/token/accessible-resources", s.url()),
-            Some(&ada)
-        )
-        .await,
+        get(format!("{}/oauth/token/accessible-resources", s.url()), Some(&ada)).await,
         (StatusCode::OK, json!([resource(&globex())]))
     );
-    let current = format!(
-        "{}/ex/confluence/cloud-acme/wiki/rest/api/user/current",
-        s.url()
-    );
+    let current = format!("{}/ex/confluence/cloud-acme/wiki/rest/api/user/current", s.url());
     assert_eq!(get(current, Some(&ada)).await.0, StatusCode::FORBIDDEN);
 }
 
@@ -308,17 +268,11 @@ async fn injected_faults_5xx_429_and_delay() {
     let ada = grant(&s, "ada", SCOPES).await;
     let url = format!("{}/oauth/token/accessible-resources", s.url());
 
-    s.fail_next(
-        Endpoint::AccessibleResources,
-        2,
-        Fault::Status { status: 503 },
-    );
+    s.fail_next(Endpoint::AccessibleResources, 2, Fault::Status { status: 503 });
     s.fail_next(
         Endpoint::AccessibleResources,
         1,
-        Fault::RateLimited {
-            retry_after_secs: 7,
-        },
+        Fault::RateLimited { retry_after_secs: 7 },
     );
     let unavailable = (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -326,12 +280,7 @@ async fn injected_faults_5xx_429_and_delay() {
     );
     assert_eq!(get(url.clone(), Some(&ada)).await, unavailable);
     assert_eq!(get(url.clone(), Some(&ada)).await, unavailable);
-    let resp = http()
-        .get(&url)
-        .bearer_auth(&ada)
-        .send()
-        .await
-        .expect("get");
+    let resp = http().get(&url).bearer_auth(&ada).send().await.expect("get");
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(resp.headers()[RETRY_AFTER], "7");
     assert_eq!(
@@ -363,11 +312,7 @@ async fn injected_faults_5xx_429_and_delay() {
     let started = Instant::now();
     assert_eq!(get(url.clone(), Some(&ada)).await.0, StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    s.fail_next(
-        Endpoint::AccessibleResources,
-        1,
-        Fault::delay(Duration::from_secs(5)),
-    );
+    s.fail_next(Endpoint::AccessibleResources, 1, Fault::delay(Duration::from_secs(5)));
     let timed_out = http()
         .get(&url)
         .bearer_auth(&ada)
@@ -404,11 +349,7 @@ async fn counters_count_every_call_per_endpoint_and_grant_type() {
     let kinds: Vec<SecretKind> = issued.iter().map(|i| i.kind).collect();
     assert_eq!(
         kinds,
-        [
-            SecretKind::Code,
-            SecretKind::RefreshToken,
-            SecretKind::AccessToken
-        ]
+        [SecretKind::Code, SecretKind::RefreshToken, SecretKind::AccessToken]
     );
     assert!(issued[0].value.starts_with("atl_code_"));
     assert!(issued[1].value.starts_with("atl_rt_"));
@@ -480,13 +421,7 @@ async fn the_http_control_api_drives_the_same_world() {
         .await
         .expect("json");
     let after = control(&base, "clock/advance", json!({"seconds": 120})).await;
-    let parse = |v: &Value| {
-        v["now"]
-            .as_str()
-            .expect("now")
-            .parse::<jiff::Timestamp>()
-            .expect("ts")
-    };
+    let parse = |v: &Value| v["now"].as_str().expect("now").parse::<jiff::Timestamp>().expect("ts");
     assert_eq!(parse(&after).duration_since(parse(&before)).as_secs(), 120);
     assert_eq!(get(format!("{base}/me"), Some(&at)).await, unauthorized());
 
@@ -524,28 +459,15 @@ async fn the_http_control_api_drives_the_same_world() {
     )
     .await;
     assert_eq!(
-        get(
-            format!("{base}/oauth/token/accessible-resources"),
-            Some(&at)
-        )
-        .await,
+        get(format!("{base}/oauth/token/accessible-resources"), Some(&at)).await,
         (StatusCode::OK, json!([]))
     );
     assert_eq!(
-        control(
-            &base,
-            "revoke",
-            json!({"account_id": "bob", "client_id": "app"})
-        )
-        .await,
+        control(&base, "revoke", json!({"account_id": "bob", "client_id": "app"})).await,
         json!({"revoked_families": 2})
     );
     assert_eq!(
-        get(
-            format!("{base}/oauth/token/accessible-resources"),
-            Some(&at)
-        )
-        .await,
+        get(format!("{base}/oauth/token/accessible-resources"), Some(&at)).await,
         unauthorized()
     );
 
@@ -557,11 +479,7 @@ async fn the_http_control_api_drives_the_same_world() {
         .await
         .expect("post");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = http()
-        .post(format!("{base}/_testbed/nope"))
-        .send()
-        .await
-        .expect("post");
+    let resp = http().post(format!("{base}/_testbed/nope")).send().await.expect("post");
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
@@ -580,12 +498,7 @@ async fn demo_world_serves_the_operator_demo() {
     ]);
     let resp = http().get(url).send().await.expect("authorize");
     assert_eq!(resp.status(), StatusCode::FOUND);
-    assert!(
-        resp.headers()[LOCATION]
-            .to_str()
-            .expect("loc")
-            .starts_with(cb)
-    );
+    assert!(resp.headers()[LOCATION].to_str().expect("loc").starts_with(cb));
 
     let resp = http()
         .post(format!("{}/oauth/token", s.url()))
@@ -600,22 +513,11 @@ async fn demo_world_serves_the_operator_demo() {
         .as_str()
         .expect("at")
         .to_owned();
-    let (status, sites) = get(
-        format!("{}/oauth/token/accessible-resources", s.url()),
-        Some(&at),
-    )
-    .await;
+    let (status, sites) = get(format!("{}/oauth/token/accessible-resources", s.url()), Some(&at)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sites[0]["url"], "https://acme.atlassian.net");
-    let (_, tenant) = get(
-        format!("{}/site/globex.atlassian.net/_edge/tenant_info", s.url()),
-        None,
-    )
-    .await;
-    assert_eq!(
-        tenant,
-        json!({"cloudId": "22222222-2222-4222-8222-222222222222"})
-    );
+    let (_, tenant) = get(format!("{}/site/globex.atlassian.net/_edge/tenant_info", s.url()), None).await;
+    assert_eq!(tenant, json!({"cloudId": "22222222-2222-4222-8222-222222222222"}));
     // The demo app's secret is the documented one.
     assert_eq!(DEMO_CLIENT_SECRET, "demo-secret");
 }
@@ -628,10 +530,7 @@ async fn binds_loopback_starts_fast_and_stops_on_drop() {
     assert!(s.addr().ip().is_loopback());
     assert!(s.url().starts_with("http://127.0.0.1:"));
     let addr = s.addr();
-    assert_eq!(
-        get(format!("{}/nope", s.url()), None).await.0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(format!("{}/nope", s.url()), None).await.0, StatusCode::NOT_FOUND);
     drop(s);
     // The listener closes once the runtime has run the aborted accept loop; wait for it
     // under a deadline.

@@ -189,10 +189,7 @@ async fn authorize_refuses_bad_requests_without_redirecting() {
             json!({"error": "invalid_scope", "error_description": "The scope read:jira-work is not allowed for this app"}),
         ),
         (
-            &[
-                ("code_challenge", "abc"),
-                ("code_challenge_method", "plain"),
-            ],
+            &[("code_challenge", "abc"), ("code_challenge_method", "plain")],
             json!({"error": "invalid_request", "error_description": "code_challenge_method must be S256"}),
         ),
     ];
@@ -208,34 +205,13 @@ async fn authorize_refuses_bad_requests_without_redirecting() {
 async fn code_exchange_answers_atlassians_shape_for_json_and_form_bodies() {
     let s = world().await;
     let body = first_grant(&s).await;
-    let keys: Vec<&str> = body
-        .as_object()
-        .expect("object")
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let keys: Vec<&str> = body.as_object().expect("object").keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        [
-            "access_token",
-            "expires_in",
-            "refresh_token",
-            "scope",
-            "token_type"
-        ]
+        ["access_token", "expires_in", "refresh_token", "scope", "token_type"]
     );
-    assert!(
-        body["access_token"]
-            .as_str()
-            .expect("at")
-            .starts_with("atl_at_")
-    );
-    assert!(
-        body["refresh_token"]
-            .as_str()
-            .expect("rt")
-            .starts_with("atl_rt_")
-    );
+    assert!(body["access_token"].as_str().expect("at").starts_with("atl_at_"));
+    assert!(body["refresh_token"].as_str().expect("rt").starts_with("atl_rt_"));
     assert_eq!(body["expires_in"], 3600);
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["scope"], "read:me read:confluence-user offline_access");
@@ -280,10 +256,7 @@ async fn code_exchange_refuses_wrong_secret_reuse_expiry_and_redirect_mismatch()
     );
     // The failed client authentication did not consume the code.
     assert_eq!(token(&s, exchange(&c)).await.0, StatusCode::OK);
-    let invalid_code = (
-        StatusCode::FORBIDDEN,
-        invalid_grant("Invalid authorization code"),
-    );
+    let invalid_code = (StatusCode::FORBIDDEN, invalid_grant("Invalid authorization code"));
     assert_eq!(token(&s, exchange(&c)).await, invalid_code);
 
     let c = code(&s, &[]).await;
@@ -309,10 +282,7 @@ async fn pkce_s256_is_verified_when_a_challenge_was_sent() {
     // RFC 7636 appendix B.
     let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     let pkce = [
-        (
-            "code_challenge",
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        ),
+        ("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
         ("code_challenge_method", "S256"),
     ];
     let c = code(&s, &pkce).await;
@@ -320,10 +290,7 @@ async fn pkce_s256_is_verified_when_a_challenge_was_sent() {
     body["code_verifier"] = json!("the-wrong-verifier-the-wrong-verifier-0123");
     assert_eq!(
         token(&s, body).await,
-        (
-            StatusCode::FORBIDDEN,
-            invalid_grant("Failed to verify code verifier")
-        )
+        (StatusCode::FORBIDDEN, invalid_grant("Failed to verify code verifier"))
     );
     let c = code(&s, &pkce).await;
     assert_eq!(
@@ -360,10 +327,7 @@ async fn refresh_tokens_rotate_with_a_reuse_leeway_then_the_family_dies() {
         (StatusCode::FORBIDDEN, unknown_rt())
     );
     for rt in [&g2["refresh_token"], &g3["refresh_token"]] {
-        assert_eq!(
-            token(&s, refresh(rt)).await,
-            (StatusCode::FORBIDDEN, unknown_rt())
-        );
+        assert_eq!(token(&s, refresh(rt)).await, (StatusCode::FORBIDDEN, unknown_rt()));
     }
     let resp = http()
         .get(format!("{}/oauth/token/accessible-resources", s.url()))
@@ -387,11 +351,7 @@ async fn refresh_tokens_expire_after_90_idle_days_and_365_days_after_consent() {
     let mut rt = first_grant(&s).await["refresh_token"].clone();
     s.advance_clock(Duration::from_secs(90 * DAY - 1));
     let (status, g) = token(&s, refresh(&rt)).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "day 89.99 is still inside the window"
-    );
+    assert_eq!(status, StatusCode::OK, "day 89.99 is still inside the window");
     rt = g["refresh_token"].clone();
     s.advance_clock(Duration::from_secs(1));
     assert_eq!(
@@ -412,10 +372,7 @@ async fn refresh_tokens_expire_after_90_idle_days_and_365_days_after_consent() {
     assert_eq!(status, StatusCode::OK);
     rt = g["refresh_token"].clone();
     s.advance_clock(Duration::from_secs(1));
-    assert_eq!(
-        token(&s, refresh(&rt)).await,
-        (StatusCode::FORBIDDEN, unknown_rt())
-    );
+    assert_eq!(token(&s, refresh(&rt)).await, (StatusCode::FORBIDDEN, unknown_rt()));
 }
 
 #[tokio::test]
@@ -438,13 +395,9 @@ async fn client_credentials_for_service_accounts_only() {
         .await
         .expect("token");
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        resp.json::<Value>().await.expect("json")["scope"],
-        "read:me"
-    );
+    assert_eq!(resp.json::<Value>().await.expect("json")["scope"], "read:me");
 
-    let wrong =
-        json!({"grant_type": "client_credentials", "client_id": "svc", "client_secret": "x"});
+    let wrong = json!({"grant_type": "client_credentials", "client_id": "svc", "client_secret": "x"});
     assert_eq!(
         token(&s, wrong).await,
         (
@@ -479,15 +432,7 @@ async fn access_tokens_live_as_long_as_the_test_says() {
     let at = g["access_token"].as_str().expect("at").to_owned();
     let resources = |at: String| {
         let url = format!("{}/oauth/token/accessible-resources", s.url());
-        async move {
-            http()
-                .get(url)
-                .bearer_auth(at)
-                .send()
-                .await
-                .expect("get")
-                .status()
-        }
+        async move { http().get(url).bearer_auth(at).send().await.expect("get").status() }
     };
     s.advance_clock(Duration::from_secs(59));
     assert_eq!(resources(at.clone()).await, StatusCode::OK);
@@ -516,10 +461,7 @@ async fn the_optional_consent_page_lets_a_person_pick_and_decide() {
     });
     s.set_consent_page(true);
     let request_id = |html: &str| {
-        let start = html
-            .find(r#"name="request" value=""#)
-            .expect("request field")
-            + 22;
+        let start = html.find(r#"name="request" value=""#).expect("request field") + 22;
         html[start..start + 32].to_owned()
     };
     let decide = |fields: String| {
@@ -555,9 +497,7 @@ async fn the_optional_consent_page_lets_a_person_pick_and_decide() {
     assert_eq!(me["account_id"], "acc-bob");
 
     // A request is answered once.
-    let resp = decide(format!("request={id}&decision=accept"))
-        .await
-        .expect("post");
+    let resp = decide(format!("request={id}&decision=accept")).await.expect("post");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     let html = authorize(&s, &[]).await.text().await.expect("html");

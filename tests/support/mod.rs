@@ -46,24 +46,42 @@ impl Env {
             }
         };
         let atlassian = StandIn::demo_world().await.unwrap();
-        let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig).unwrap(), &KubeConfigOptions::default())
-            .await
-            .unwrap();
+        let config = Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
         let client = Client::try_from(config).unwrap();
-        let env = Env { api, atlassian, kubeconfig, client, dir };
+        let env = Env {
+            api,
+            atlassian,
+            kubeconfig,
+            client,
+            dir,
+        };
         env.kubectl_ok(&["apply", "-f", &repo("crds").to_string_lossy()]);
         env
     }
 
     /// Runs kubectl against this environment.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl").arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().expect("kubectl runs")
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
     }
 
     /// Runs kubectl and insists it succeeds.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -72,7 +90,10 @@ impl Env {
         let name = format!("{prefix}-{}", &uuid_like()[..8]);
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let ns = k8s_openapi::api::core::v1::Namespace {
-            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         api.create(&PostParams::default(), &ns).await.unwrap();
@@ -93,7 +114,11 @@ fn uuid_like() -> String {
 
 /// A free loopback port (bound and released; the operator binds it right after).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The operator binary, running.
@@ -115,7 +140,10 @@ impl Operator {
             .args(["--public-url", &public_url])
             .args(["--atlassian-auth-url", &env.atlassian.url()])
             .args(["--atlassian-api-url", &env.atlassian.url()])
-            .args(["--atlassian-tenant-info-url", &format!("{}/site/{{site}}/_edge/tenant_info", env.atlassian.url())])
+            .args([
+                "--atlassian-tenant-info-url",
+                &format!("{}/site/{{site}}/_edge/tenant_info", env.atlassian.url()),
+            ])
             .args(["--atlassian-timeout", "2s"])
             .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
@@ -123,10 +151,17 @@ impl Operator {
             .env("KUBECONFIG", &env.kubeconfig)
             .env("RUST_LOG", "info,confluence_auth_operator=debug")
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::OpenOptions::new().append(true).open(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
             .spawn()
             .expect("the operator binary starts");
-        Operator { child, public_url, metrics_url: format!("http://127.0.0.1:{metrics_port}"), log }
+        Operator {
+            child,
+            public_url,
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            log,
+        }
     }
 
     /// Everything the operator logged so far.
@@ -138,7 +173,15 @@ impl Operator {
     pub async fn ready(&self) {
         let http = reqwest::Client::new();
         let url = format!("{}/readyz", self.metrics_url);
-        eventually("the operator to be ready", || async { http.get(&url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }).await;
+        eventually("the operator to be ready", || async {
+            http.get(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        })
+        .await;
     }
 }
 
@@ -182,15 +225,27 @@ pub struct Seen {
 
 impl Browser {
     pub fn new() -> Browser {
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().unwrap();
-        Browser { http, cookies: Default::default() }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        Browser {
+            http,
+            cookies: Default::default(),
+        }
     }
 
     /// GET with this browser's cookies; remembers cookies it is given.
     pub async fn get(&mut self, url: &str) -> Seen {
         let mut request = self.http.get(url);
         if !self.cookies.is_empty() {
-            let header = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+            let header = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
             request = request.header("Cookie", header);
         }
         let response = request.send().await.unwrap();
@@ -205,18 +260,34 @@ impl Browser {
             }
         }
         let status = response.status().as_u16();
-        let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_string());
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
         let headers = response.headers().clone();
-        Seen { status, location, body: response.text().await.unwrap(), headers }
+        Seen {
+            status,
+            location,
+            body: response.text().await.unwrap(),
+            headers,
+        }
     }
 
     /// Start link → Atlassian consent → the callback URL Atlassian sends the browser to (not
     /// yet opened).
     pub async fn consent(&mut self, start_link: &str) -> String {
         let start = self.get(start_link).await;
-        assert_eq!(start.status, 302, "start link answered {}: {}", start.status, start.body);
+        assert_eq!(
+            start.status, 302,
+            "start link answered {}: {}",
+            start.status, start.body
+        );
         let consent = self.get(start.location.as_deref().unwrap()).await;
-        assert_eq!(consent.status, 302, "Atlassian consent answered {}: {}", consent.status, consent.body);
+        assert_eq!(
+            consent.status, 302,
+            "Atlassian consent answered {}: {}",
+            consent.status, consent.body
+        );
         consent.location.unwrap()
     }
 

@@ -50,10 +50,7 @@ pub(crate) fn me(st: &State, req: &Req) -> Resp {
         return unauthorized();
     };
     if !p.scopes.iter().any(|s| s == "read:me") {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            "The token does not have the read:me scope",
-        );
+        return api_error(StatusCode::FORBIDDEN, "The token does not have the read:me scope");
     }
     let Some(who) = st.world.identity(&p.account_id) else {
         return api_error(StatusCode::NOT_FOUND, "Account not found");

@@ -89,9 +89,7 @@ pub(crate) fn page(st: &mut State, ar: AuthRequest) -> Resp {
 
 /// `POST /authorize/consent`: the decision from the page.
 pub(crate) fn decision(st: &mut State, req: &Req) -> Resp {
-    let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
-        .into_owned()
-        .collect();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body).into_owned().collect();
     let field = |k: &str| form.iter().find(|(fk, _)| fk == k).map(|(_, v)| v.clone());
     let Some(ar) = field("request").and_then(|id| st.pending.remove(&id)) else {
         return oauth_error(

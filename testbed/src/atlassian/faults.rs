@@ -112,10 +112,7 @@ impl Faults {
     /// The next `n` calls of `endpoint` (after those already queued) get `fault`.
     pub fn fail_next(&mut self, endpoint: Endpoint, n: u32, fault: Fault) {
         if n > 0 {
-            self.queues
-                .entry(endpoint)
-                .or_default()
-                .push_back((n, fault));
+            self.queues.entry(endpoint).or_default().push_back((n, fault));
         }
     }
 
@@ -126,11 +123,7 @@ impl Faults {
 
     /// Counts a call and returns the fault it gets, if any.
     pub fn on_call(&mut self, endpoint: Endpoint, grant_type: Option<&str>) -> Option<Fault> {
-        *self
-            .counters
-            .endpoints
-            .entry(endpoint.name().to_owned())
-            .or_default() += 1;
+        *self.counters.endpoints.entry(endpoint.name().to_owned()).or_default() += 1;
         if endpoint == Endpoint::Token {
             let g = grant_type.unwrap_or("missing").to_owned();
             *self.counters.grant_types.entry(g).or_default() += 1;
@@ -163,13 +156,7 @@ mod tests {
     fn faults_are_consumed_in_order_and_calls_counted() {
         let mut f = Faults::default();
         f.fail_next(Endpoint::Token, 2, Fault::Status { status: 503 });
-        f.fail_next(
-            Endpoint::Token,
-            1,
-            Fault::RateLimited {
-                retry_after_secs: 7,
-            },
-        );
+        f.fail_next(Endpoint::Token, 1, Fault::RateLimited { retry_after_secs: 7 });
         let got: Vec<_> = (0..4)
             .map(|_| f.on_call(Endpoint::Token, Some("refresh_token")))
             .collect();
@@ -178,9 +165,7 @@ mod tests {
             [
                 Some(Fault::Status { status: 503 }),
                 Some(Fault::Status { status: 503 }),
-                Some(Fault::RateLimited {
-                    retry_after_secs: 7
-                }),
+                Some(Fault::RateLimited { retry_after_secs: 7 }),
                 None
             ]
         );

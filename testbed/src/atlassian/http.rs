@@ -38,11 +38,7 @@ impl Req {
         let query = parts
             .uri
             .query()
-            .map(|q| {
-                url::form_urlencoded::parse(q.as_bytes())
-                    .into_owned()
-                    .collect()
-            })
+            .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
             .unwrap_or_default();
         Ok(Req {
             method: parts.method,
@@ -55,10 +51,7 @@ impl Req {
 
     /// The first value of a query parameter.
     pub(crate) fn query(&self, key: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// A header as text.
@@ -89,11 +82,7 @@ pub(crate) fn respond(status: StatusCode, headers: &[(HeaderName, &str)], body: 
 /// A JSON response.
 pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    respond(
-        status,
-        &[(CONTENT_TYPE, "application/json")],
-        Bytes::from(bytes),
-    )
+    respond(status, &[(CONTENT_TYPE, "application/json")], Bytes::from(bytes))
 }
 
 /// A JSON response that must not be cached (token endpoint answers).
@@ -101,25 +90,18 @@ pub(crate) fn json_no_store<T: Serialize + ?Sized>(status: StatusCode, body: &T)
     let mut r = json(status, body);
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r.headers_mut()
-        .insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    r.headers_mut().insert(PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 
 /// An authorization-server error: `{"error", "error_description"}`.
 pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Resp {
-    json_no_store(
-        status,
-        &json!({ "error": error, "error_description": description }),
-    )
+    json_no_store(status, &json!({ "error": error, "error_description": description }))
 }
 
 /// A gateway (API) error: `{"code", "message"}`.
 pub(crate) fn api_error(status: StatusCode, message: &str) -> Resp {
-    json(
-        status,
-        &json!({ "code": status.as_u16(), "message": message }),
-    )
+    json(status, &json!({ "code": status.as_u16(), "message": message }))
 }
 
 /// A 302 to `location`.

@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 pub use faults::{Counters, Endpoint, Fault};
 pub use tokens::{IssuedSecret, SecretKind};
 pub use world::{
-    Account, ClientApp, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SERVICE_CLIENT_ID,
-    DEMO_SERVICE_CLIENT_SECRET, ServiceAccount, Site,
+    Account, ClientApp, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SERVICE_CLIENT_ID, DEMO_SERVICE_CLIENT_SECRET,
+    ServiceAccount, Site,
 };
 
 use http::{Req, Resp, api_error};
@@ -219,8 +219,7 @@ async fn accept_loop(listener: TcpListener, state: Shared, shutdown: watch::Rece
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.changed() => {}
@@ -333,9 +332,7 @@ fn fault_response(endpoint: Endpoint, fault: Fault) -> Resp {
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             None,
         ),
-        Fault::RateLimited { retry_after_secs } => {
-            (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs))
-        }
+        Fault::RateLimited { retry_after_secs } => (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_secs)),
         Fault::Delay { .. } => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
     let reason = status.canonical_reason().unwrap_or("Injected fault");

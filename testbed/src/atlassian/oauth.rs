@@ -60,28 +60,21 @@ fn validate(st: &State, req: &Req) -> Result<AuthRequest, (&'static str, String)
         .world
         .client(client_id)
         .ok_or_else(|| bad("invalid_client", "Unknown client"))?;
-    let redirect_uri = req.query("redirect_uri").ok_or_else(|| {
-        bad(
-            "invalid_request",
-            "Missing required parameter: redirect_uri",
-        )
-    })?;
+    let redirect_uri = req
+        .query("redirect_uri")
+        .ok_or_else(|| bad("invalid_request", "Missing required parameter: redirect_uri"))?;
     if !app.allows_redirect(redirect_uri) {
         return Err(bad(
             "invalid_request",
             "The redirect_uri is not registered for this app",
         ));
     }
-    url::Url::parse(redirect_uri)
-        .map_err(|_| bad("invalid_request", "The redirect_uri is not a URL"))?;
+    url::Url::parse(redirect_uri).map_err(|_| bad("invalid_request", "The redirect_uri is not a URL"))?;
     if req.query("audience") != Some("api.atlassian.com") {
         return Err(bad("invalid_request", "audience must be api.atlassian.com"));
     }
     if req.query("response_type") != Some("code") {
-        return Err(bad(
-            "unsupported_response_type",
-            "Only response_type=code is supported",
-        ));
+        return Err(bad("unsupported_response_type", "Only response_type=code is supported"));
     }
     let scopes: Vec<String> = req
         .query("scope")
@@ -93,10 +86,7 @@ fn validate(st: &State, req: &Req) -> Result<AuthRequest, (&'static str, String)
         return Err(bad("invalid_scope", "Missing required parameter: scope"));
     }
     if let Some(s) = app.disallowed_scope(&scopes) {
-        return Err((
-            "invalid_scope",
-            format!("The scope {s} is not allowed for this app"),
-        ));
+        return Err(("invalid_scope", format!("The scope {s} is not allowed for this app")));
     }
     let code_challenge = req.query("code_challenge").map(str::to_owned);
     if code_challenge.is_some() && req.query("code_challenge_method") != Some("S256") {
@@ -198,9 +188,7 @@ pub(crate) fn token_params(req: &Req) -> HashMap<String, String> {
             })
             .collect();
     }
-    url::form_urlencoded::parse(&req.body)
-        .into_owned()
-        .collect()
+    url::form_urlencoded::parse(&req.body).into_owned().collect()
 }
 
 /// Client id and secret from `Authorization: Basic` (RFC 6749 section 2.3.1).
@@ -309,10 +297,7 @@ fn refresh_token(st: &mut State, tr: &TokenRequest<'_>) -> Resp {
         return unauthorized();
     }
     let Some(rt) = tr.get("refresh_token") else {
-        return bad_request(
-            "invalid_request",
-            "Missing required parameter: refresh_token",
-        );
+        return bad_request("invalid_request", "Missing required parameter: refresh_token");
     };
     let (now, lifetime) = (st.now(), st.access_lifetime);
     answer(st.tokens.refresh(now, &tr.client_id, rt, lifetime))

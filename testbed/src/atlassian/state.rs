@@ -18,9 +18,7 @@ pub(crate) type Shared = Arc<Mutex<State>>;
 
 /// Locks the state; a poisoned lock (a panicked holder) is still usable.
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
-    shared
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Everything the stand-in knows.
@@ -73,8 +71,7 @@ impl State {
     /// The stand-in's current time.
     pub(crate) fn now(&self) -> Timestamp {
         let base = self.frozen_at.unwrap_or_else(Timestamp::now);
-        base.checked_add(self.clock_offset)
-            .unwrap_or(Timestamp::MAX)
+        base.checked_add(self.clock_offset).unwrap_or(Timestamp::MAX)
     }
 
     /// Moves the clock forward.

@@ -47,8 +47,7 @@ pub const UNKNOWN_REFRESH_TOKEN: &str = "Unknown or invalid refresh token.";
 /// `error_description` of a bad, used, expired or foreign authorization code.
 pub const INVALID_CODE: &str = "Invalid authorization code";
 /// `error_description` of a redirect URI that differs from the authorization request's.
-pub const REDIRECT_MISMATCH: &str =
-    "redirect_uri does not match the one used in the authorization request";
+pub const REDIRECT_MISMATCH: &str = "redirect_uri does not match the one used in the authorization request";
 /// `error_description` of a missing or wrong PKCE verifier.
 pub const BAD_VERIFIER: &str = "Failed to verify code verifier";
 
@@ -209,14 +208,7 @@ impl TokenStore {
         &self.issued
     }
 
-    fn record(
-        &mut self,
-        kind: SecretKind,
-        value: &str,
-        client: &str,
-        account: &str,
-        now: Timestamp,
-    ) {
+    fn record(&mut self, kind: SecretKind, value: &str, client: &str, account: &str, now: Timestamp) {
         self.issued.push(IssuedSecret {
             kind,
             value: value.to_owned(),
@@ -229,13 +221,7 @@ impl TokenStore {
     /// Issues a single-use authorization code for a consent.
     pub fn issue_code(&mut self, now: Timestamp, consent: Consent) -> Result<String, TokenError> {
         let code = mint("atl_code_")?;
-        self.record(
-            SecretKind::Code,
-            &code,
-            &consent.client_id,
-            &consent.account_id,
-            now,
-        );
+        self.record(SecretKind::Code, &code, &consent.client_id, &consent.account_id, now);
         self.codes.insert(
             code.clone(),
             CodeEntry {
@@ -289,12 +275,7 @@ impl TokenStore {
     }
 
     /// Issues a new access token (and refresh token with `offline_access`) in a family.
-    fn issue_pair(
-        &mut self,
-        now: Timestamp,
-        family: usize,
-        access_lifetime: i64,
-    ) -> Result<Grant, TokenError> {
+    fn issue_pair(&mut self, now: Timestamp, family: usize, access_lifetime: i64) -> Result<Grant, TokenError> {
         let access_token = mint("atl_at_")?;
         let (client, account, scopes) = {
             let f = self
@@ -318,13 +299,7 @@ impl TokenStore {
         } else {
             None
         };
-        self.record(
-            SecretKind::AccessToken,
-            &access_token,
-            &client,
-            &account,
-            now,
-        );
+        self.record(SecretKind::AccessToken, &access_token, &client, &account, now);
         let scope = scopes.join(" ");
         self.access.insert(
             access_token.clone(),
@@ -534,27 +509,14 @@ mod tests {
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert_eq!(s256_challenge(verifier), challenge);
         let mut s = TokenStore::default();
-        let code = s
-            .issue_code(t0(), consent(Some(challenge), &["read:me"]))
-            .unwrap();
+        let code = s.issue_code(t0(), consent(Some(challenge), &["read:me"])).unwrap();
         let r = s.exchange_code(t0(), "app", &code, Some("https://app/cb"), Some("wrong"), 1);
         assert_eq!(r, Err(TokenError::InvalidGrant(BAD_VERIFIER)));
-        let code = s
-            .issue_code(t0(), consent(Some(challenge), &["read:me"]))
-            .unwrap();
+        let code = s.issue_code(t0(), consent(Some(challenge), &["read:me"])).unwrap();
         let r = s.exchange_code(t0(), "app", &code, Some("https://app/cb"), None, 1);
         assert_eq!(r, Err(TokenError::InvalidGrant(BAD_VERIFIER)));
-        let code = s
-            .issue_code(t0(), consent(Some(challenge), &["read:me"]))
-            .unwrap();
-        let r = s.exchange_code(
-            t0(),
-            "app",
-            &code,
-            Some("https://app/cb"),
-            Some(verifier),
-            1,
-        );
+        let code = s.issue_code(t0(), consent(Some(challenge), &["read:me"])).unwrap();
+        let r = s.exchange_code(t0(), "app", &code, Some("https://app/cb"), Some(verifier), 1);
         assert!(r.is_ok());
     }
 
@@ -574,10 +536,7 @@ mod tests {
         let outside = after(t0(), REUSE_LEEWAY_SECS + 1);
         assert_eq!(s.refresh(outside, "app", &rt1, 3600), REFUSED);
         assert_eq!(s.refresh(outside, "app", &rt3, 3600), REFUSED);
-        assert_eq!(
-            s.authenticate(outside, &g3.access_token),
-            Err(AccessError::Revoked)
-        );
+        assert_eq!(s.authenticate(outside, &g3.access_token), Err(AccessError::Revoked));
         let _ = rt2;
     }
 
@@ -606,15 +565,10 @@ mod tests {
         let mut s = TokenStore::default();
         let mut rt = first_grant(&mut s, t0()).refresh_token.unwrap();
         for day in [80, 160, 240, 320] {
-            let g = s
-                .refresh(after(t0(), day * 86_400), "app", &rt, 3600)
-                .unwrap();
+            let g = s.refresh(after(t0(), day * 86_400), "app", &rt, 3600).unwrap();
             rt = g.refresh_token.unwrap();
         }
-        assert_eq!(
-            s.refresh(after(t0(), ABSOLUTE_SECS), "app", &rt, 3600),
-            REFUSED
-        );
+        assert_eq!(s.refresh(after(t0(), ABSOLUTE_SECS), "app", &rt, 3600), REFUSED);
     }
 
     #[test]
@@ -625,10 +579,7 @@ mod tests {
         assert_eq!(s.refresh(t0(), "other", &rt, 3600), REFUSED);
         assert_eq!(s.revoke_user("acc", "app"), 1);
         assert_eq!(s.refresh(t0(), "app", &rt, 3600), REFUSED);
-        assert_eq!(
-            s.authenticate(t0(), &g.access_token),
-            Err(AccessError::Revoked)
-        );
+        assert_eq!(s.authenticate(t0(), &g.access_token), Err(AccessError::Revoked));
         assert_eq!(s.authenticate(t0(), "nope"), Err(AccessError::Unknown));
     }
 
@@ -641,20 +592,11 @@ mod tests {
             vec!["acme.atlassian.net".to_string()]
         );
         s.remove_site("app", "ACME.atlassian.net");
-        assert!(
-            s.authenticate(t0(), &g.access_token)
-                .unwrap()
-                .sites
-                .is_empty()
-        );
+        assert!(s.authenticate(t0(), &g.access_token).unwrap().sites.is_empty());
         let kinds: Vec<SecretKind> = s.issued().iter().map(|i| i.kind).collect();
         assert_eq!(
             kinds,
-            [
-                SecretKind::Code,
-                SecretKind::RefreshToken,
-                SecretKind::AccessToken
-            ]
+            [SecretKind::Code, SecretKind::RefreshToken, SecretKind::AccessToken]
         );
     }
 

@@ -153,9 +153,7 @@ impl World {
 
     /// Every account, in the order they were added.
     pub fn accounts(&self) -> impl Iterator<Item = &Account> {
-        self.account_order
-            .iter()
-            .filter_map(|id| self.accounts.get(id))
+        self.account_order.iter().filter_map(|id| self.accounts.get(id))
     }
 
     /// The first account added: who consents when the test has not chosen.
@@ -319,11 +317,9 @@ pub fn is_known_scope(scope: &str) -> bool {
     let parts: Vec<&str> = scope.split(':').collect();
     parts.len() == 3
         && parts[2] == "confluence"
-        && parts[..2].iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-        })
+        && parts[..2]
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)))
 }
 
 /// Matches `text` against `pattern`, where `*` matches any run of characters.

@@ -1,0 +1,136 @@
+//! An in-process Kubernetes API server over plain HTTP on 127.0.0.1, for tests and the demo.
+//! `kube::Client` and `kubectl` use it through the kubeconfig it writes.
+//!
+//! Real semantics where the operator depends on them (see `store`); approximations are named
+//! where they are made (patch: strategic merge and apply act as merge patches; CEL rules and
+//! OpenAPI schemas of CRDs are not evaluated).
+
+mod faults;
+mod http;
+mod patch;
+mod resources;
+mod select;
+mod store;
+mod table;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+pub use faults::Faults;
+pub use http::RequestRecord;
+
+/// Options of a server.
+#[derive(Debug, Clone)]
+pub struct ApiServerOptions {
+    /// How many events the server keeps for watches; a watch from an older resourceVersion
+    /// gets 410 Gone.
+    pub history_limit: usize,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        Self { history_limit: 10_000 }
+    }
+}
+
+/// A running server; dropping it stops it and closes every connection.
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<http::Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl ApiServer {
+    /// Starts a server on a free loopback port.
+    pub async fn start() -> std::io::Result<ApiServer> {
+        Self::start_with(ApiServerOptions::default()).await
+    }
+
+    /// Starts a server with options.
+    pub async fn start_with(options: ApiServerOptions) -> std::io::Result<ApiServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(http::Shared {
+            store: store::Store::new(options.history_limit),
+            faults: Faults::default(),
+            log: Mutex::new(Vec::new()),
+            address: addr.to_string(),
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let server_shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stopped.changed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((socket, _)) = accepted else { continue };
+                let shared = server_shared.clone();
+                let mut stop_connection = stopped.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| http::handle(shared.clone(), request));
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(socket), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop_connection.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(ApiServer { addr, shared, stop })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig (cluster, user, context `testbed`, namespace `default`).
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {url}\nusers:\n- name: testbed\n  user:\n    token: testbed\ncontexts:\n- name: testbed\n  context:\n    cluster: testbed\n    user: testbed\n    namespace: default\ncurrent-context: testbed\npreferences: {{}}\n",
+            url = self.url()
+        )
+    }
+
+    /// Writes [`ApiServer::kubeconfig_yaml`] to `path`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// Fault knobs.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Every request served so far.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the retained watch history (older watches then get 410 Gone).
+    pub fn set_history_limit(&self, limit: usize) {
+        self.shared.store.set_history_limit(limit);
+    }
+
+    /// The current cluster-wide resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store.resource_version()
+    }
+
+    /// How many objects are stored.
+    pub fn object_count(&self) -> usize {
+        self.shared.store.object_count()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}

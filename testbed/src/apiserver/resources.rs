@@ -1,0 +1,201 @@
+//! What the server serves: built-in kinds and those registered by CustomResourceDefinitions,
+//! and the discovery documents describing them.
+
+use serde_json::{Value, json};
+
+/// A printer column (`additionalPrinterColumns`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    /// Header.
+    pub name: String,
+    /// `string`, `integer`, `date`, …
+    pub type_: String,
+    /// Simple JSONPath, e.g. `.status.phase`.
+    pub json_path: String,
+}
+
+/// One served resource (a group/version/plural).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// API group (`""` for core).
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Plural (the URL segment).
+    pub plural: String,
+    /// Singular.
+    pub singular: String,
+    /// Kind.
+    pub kind: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// Short names.
+    pub short_names: Vec<String>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Printer columns (custom resources).
+    pub columns: Vec<Column>,
+    /// Has the `status` subresource.
+    pub status_subresource: bool,
+    /// Custom resource (generation on spec change, Table columns from the CRD).
+    pub custom: bool,
+    /// The CRD's openAPIV3Schema, for optional validation.
+    pub schema: Option<Value>,
+}
+
+impl Resource {
+    fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool, short: &[&str]) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+            singular: kind.to_ascii_lowercase(),
+            kind: kind.into(),
+            namespaced,
+            short_names: short.iter().map(|s| s.to_string()).collect(),
+            categories: Vec::new(),
+            columns: Vec::new(),
+            status_subresource: matches!(plural, "namespaces" | "customresourcedefinitions"),
+            custom: false,
+            schema: None,
+        }
+    }
+
+    /// `apiVersion` of objects of this resource.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `plural.group` (or `plural` for core), as Status details and messages name it.
+    pub fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Reads a CRD object into the resources it serves (one per served version).
+    pub fn from_crd(crd: &Value) -> Vec<Resource> {
+        let spec = &crd["spec"];
+        let names = &spec["names"];
+        let strings = |v: &Value| {
+            v.as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let group = spec["group"].as_str().unwrap_or_default().to_string();
+        let plural = names["plural"].as_str().unwrap_or_default().to_string();
+        let kind = names["kind"].as_str().unwrap_or_default().to_string();
+        let singular = names["singular"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| kind.to_ascii_lowercase());
+        let versions = spec["versions"].as_array().cloned().unwrap_or_default();
+        versions
+            .iter()
+            .filter(|v| v["served"].as_bool().unwrap_or(true))
+            .map(|v| Resource {
+                group: group.clone(),
+                version: v["name"].as_str().unwrap_or_default().to_string(),
+                plural: plural.clone(),
+                singular: singular.clone(),
+                kind: kind.clone(),
+                namespaced: spec["scope"].as_str() != Some("Cluster"),
+                short_names: strings(&names["shortNames"]),
+                categories: strings(&names["categories"]),
+                columns: v["additionalPrinterColumns"]
+                    .as_array()
+                    .map(|cols| {
+                        cols.iter()
+                            .map(|c| Column {
+                                name: c["name"].as_str().unwrap_or_default().to_string(),
+                                type_: c["type"].as_str().unwrap_or("string").to_string(),
+                                json_path: c["jsonPath"].as_str().unwrap_or_default().to_string(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                status_subresource: v["subresources"]["status"].is_object(),
+                custom: true,
+                schema: v["schema"]["openAPIV3Schema"]
+                    .is_object()
+                    .then(|| v["schema"]["openAPIV3Schema"].clone()),
+            })
+            .collect()
+    }
+}
+
+/// The kinds every server starts with.
+pub fn builtins() -> Vec<Resource> {
+    vec![
+        Resource::builtin("", "v1", "namespaces", "Namespace", false, &["ns"]),
+        Resource::builtin("", "v1", "secrets", "Secret", true, &[]),
+        Resource::builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
+        Resource::builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        Resource::builtin("", "v1", "events", "Event", true, &["ev"]),
+        Resource::builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
+        Resource::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
+        Resource::builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            &["crd", "crds"],
+        ),
+    ]
+}
+
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// `APIResourceList` for one group/version.
+pub fn resource_list(group_version: &str, resources: &[&Resource]) -> Value {
+    let mut items = Vec::new();
+    for r in resources {
+        items.push(json!({
+            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
+            "verbs": VERBS, "shortNames": r.short_names, "categories": r.categories,
+        }));
+        if r.status_subresource {
+            items.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": items})
+}
+
+/// `APIGroupList` for `/apis`.
+pub fn group_list(resources: &[&Resource]) -> Value {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for r in resources.iter().filter(|r| !r.group.is_empty()) {
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version.clone()),
+            Some(_) => {}
+            None => groups.push((r.group.clone(), vec![r.version.clone()])),
+        }
+    }
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(name, versions)| {
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+                .collect();
+            json!({"name": name, "versions": vs, "preferredVersion": vs[0]})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}

@@ -1,0 +1,884 @@
+//! Objects, the cluster-wide resourceVersion, the bounded event history and the semantics of
+//! every write (Kubernetes API concepts: <https://kubernetes.io/docs/reference/using-api/api-concepts/>).
+//!
+//! Everything happens under one lock, so a write and its event are atomic and watchers see
+//! events in resourceVersion order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::resources::{self, Resource};
+use super::select::{LabelSelector, field_matches};
+
+/// (group, plural): one kind of object, whatever the version.
+pub type Key = (String, String);
+
+/// A change, as watches stream it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// resourceVersion of the change.
+    pub rv: u64,
+    /// Which resource.
+    pub key: Key,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub type_: &'static str,
+    /// The object after the change (before it, for deletions, with the new resourceVersion).
+    pub object: Value,
+}
+
+/// A refusal with a Kubernetes `Status` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub code: u16,
+    /// `NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, `BadRequest`, `Expired`, …
+    pub reason: &'static str,
+    /// Human text.
+    pub message: String,
+    /// `details` of the Status.
+    pub details: Value,
+}
+
+impl ApiError {
+    /// The `Status` body.
+    pub fn status(&self) -> Value {
+        let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.message, "reason": self.reason, "code": self.code});
+        if !self.details.is_null() {
+            status["details"] = self.details.clone();
+        }
+        status
+    }
+
+    fn details(resource: &Resource, name: &str) -> Value {
+        json!({"name": name, "group": resource.group, "kind": resource.plural})
+    }
+
+    /// 404 for an object.
+    pub fn not_found(resource: &Resource, name: &str) -> Self {
+        Self {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{} \"{name}\" not found", resource.qualified()),
+            details: Self::details(resource, name),
+        }
+    }
+
+    /// 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            code: 400,
+            reason: "BadRequest",
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    /// 422 Invalid for a field.
+    pub fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> Self {
+        let mut details = Self::details(resource, name);
+        details["kind"] = json!(resource.kind);
+        details["causes"] = json!([{"reason": "FieldValueInvalid", "message": message, "field": field}]);
+        Self {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{} \"{name}\" is invalid: {field}: {message}", resource.kind),
+            details,
+        }
+    }
+
+    /// 410 Expired for a watch or list from a compacted resourceVersion.
+    pub fn expired(rv: u64) -> Self {
+        Self {
+            code: 410,
+            reason: "Expired",
+            message: format!("too old resource version: {rv}"),
+            details: Value::Null,
+        }
+    }
+}
+
+/// Deletion propagation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete dependents after the owner (the default).
+    Background,
+    /// Delete dependents first; the owner waits with the `foregroundDeletion` finalizer.
+    Foreground,
+    /// Leave dependents, removing their reference to the owner.
+    Orphan,
+}
+
+struct Inner {
+    rv: u64,
+    resources: Vec<Resource>,
+    objects: HashMap<Key, BTreeMap<(String, String), Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// The newest resourceVersion no longer in `history` (a watch from below it gets 410).
+    compacted: u64,
+    history_limit: usize,
+}
+
+/// The object store.
+pub struct Store {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+/// A watch's starting point: what to send first, and the live feed after it.
+pub struct WatchStart {
+    /// Events to send before the live ones.
+    pub backlog: Vec<Arc<Event>>,
+    /// The live feed (skip events at or below `from`).
+    pub live: broadcast::Receiver<Arc<Event>>,
+    /// The resourceVersion the backlog brings the watcher to.
+    pub from: u64,
+}
+
+impl Store {
+    /// A store with the built-in kinds and the `default` namespace.
+    pub fn new(history_limit: usize) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let store = Self {
+            inner: Mutex::new(Inner {
+                rv: 0,
+                resources: resources::builtins(),
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                compacted: 0,
+                history_limit: history_limit.max(1),
+            }),
+            events,
+        };
+        let ns = store
+            .resource("", "v1", "namespaces")
+            .unwrap_or_else(|| unreachable!("namespaces is built in"));
+        for name in ["default", "kube-system"] {
+            let _ = store.create(
+                &ns,
+                "",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            );
+        }
+        store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes how many events are kept for watches (older starting points get 410).
+    pub fn set_history_limit(&self, limit: usize) {
+        let mut inner = self.lock();
+        inner.history_limit = limit.max(1);
+        trim(&mut inner);
+    }
+
+    /// Current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// Every served resource.
+    pub fn resources(&self) -> Vec<Resource> {
+        self.lock().resources.clone()
+    }
+
+    /// A served resource by group, version and plural.
+    pub fn resource(&self, group: &str, version: &str, plural: &str) -> Option<Resource> {
+        self.lock()
+            .resources
+            .iter()
+            .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
+    }
+
+    /// How many objects are stored.
+    pub fn object_count(&self) -> usize {
+        self.lock().objects.values().map(BTreeMap::len).sum()
+    }
+
+    /// Reads one object.
+    pub fn get(&self, resource: &Resource, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        let inner = self.lock();
+        let object = inner
+            .objects
+            .get(&key(resource))
+            .and_then(|m| m.get(&(namespace.to_string(), name.to_string())));
+        object
+            .map(|o| with_version(o, resource))
+            .ok_or_else(|| ApiError::not_found(resource, name))
+    }
+
+    /// Lists objects (one namespace or all) matching the selectors; returns the list's resourceVersion.
+    pub fn list(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), ApiError> {
+        let inner = self.lock();
+        let mut items = Vec::new();
+        if let Some(objects) = inner.objects.get(&key(resource)) {
+            for ((ns, _), object) in objects {
+                if namespace.is_some_and(|want| want != ns) || !labels.matches(object) {
+                    continue;
+                }
+                if let Some(fields) = fields {
+                    if !field_matches(fields, object).map_err(ApiError::bad_request)? {
+                        continue;
+                    }
+                }
+                items.push(with_version(object, resource));
+            }
+        }
+        Ok((items, inner.rv))
+    }
+
+    /// Creates an object.
+    pub fn create(&self, resource: &Resource, namespace: &str, mut object: Value) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        if !object.is_object() || !object["metadata"].is_object() && !object["metadata"].is_null() {
+            return Err(ApiError::bad_request("the body must be an object"));
+        }
+        let name = match (
+            object["metadata"]["name"].as_str(),
+            object["metadata"]["generateName"].as_str(),
+        ) {
+            (Some(name), _) if !name.is_empty() => name.to_string(),
+            (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{}", &random_hex(3)[..5]),
+            _ => {
+                return Err(ApiError::invalid(
+                    resource,
+                    "",
+                    "metadata.name",
+                    "name or generateName is required",
+                ));
+            }
+        };
+        if !is_dns_subdomain(&name) {
+            return Err(ApiError::invalid(
+                resource,
+                &name,
+                "metadata.name",
+                &format!(
+                    "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                ),
+            ));
+        }
+        if resource.namespaced {
+            check_namespace(&inner, namespace)?;
+        }
+        let namespace = if resource.namespaced {
+            namespace.to_string()
+        } else {
+            String::new()
+        };
+        if inner
+            .objects
+            .get(&key(resource))
+            .is_some_and(|m| m.contains_key(&(namespace.clone(), name.clone())))
+        {
+            return Err(ApiError {
+                code: 409,
+                reason: "AlreadyExists",
+                message: format!("{} \"{name}\" already exists", resource.qualified()),
+                details: ApiError::details(resource, &name),
+            });
+        }
+        normalize(resource, &mut object);
+        let metadata = object["metadata"]
+            .as_object_mut()
+            .unwrap_or_else(|| unreachable!("normalize makes metadata an object"));
+        metadata.insert("name".into(), json!(name));
+        metadata.remove("generateName");
+        if resource.namespaced {
+            metadata.insert("namespace".into(), json!(namespace));
+        } else {
+            metadata.remove("namespace");
+        }
+        metadata.insert("uid".into(), json!(uuid()));
+        metadata.insert("creationTimestamp".into(), json!(now()));
+        metadata.remove("deletionTimestamp");
+        if resource.custom || resource.plural == "customresourcedefinitions" {
+            metadata.insert("generation".into(), json!(1));
+        }
+        if resource.status_subresource && resource.custom {
+            // The status subresource owns status: a create cannot set it.
+            object.as_object_mut().map(|o| o.remove("status"));
+        }
+        if resource.plural == "namespaces" {
+            object["status"] = json!({"phase": "Active"});
+        }
+        if resource.plural == "customresourcedefinitions" {
+            register_crd(&mut inner, &object);
+            object["status"] = crd_status(&object);
+        }
+        Ok(commit(
+            &mut inner,
+            &self.events,
+            resource,
+            &namespace,
+            &name,
+            Some(object),
+            "ADDED",
+        ))
+    }
+
+    /// Replaces an object (`PUT`), or its status with `status_only`.
+    pub fn update(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        object: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        update_locked(
+            &mut inner,
+            &self.events,
+            resource,
+            namespace,
+            name,
+            object,
+            status_only,
+            true,
+        )
+    }
+
+    /// Applies `change` to the current object and stores the result like an update; with
+    /// `create_missing` (server-side apply) an absent object is created from `change(empty)`.
+    pub fn patch(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        status_only: bool,
+        create_missing: bool,
+        change: impl FnOnce(&mut Value) -> Result<(), ApiError>,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let namespace_key = if resource.namespaced {
+            namespace.to_string()
+        } else {
+            String::new()
+        };
+        let current = inner
+            .objects
+            .get(&key(resource))
+            .and_then(|m| m.get(&(namespace_key.clone(), name.to_string())))
+            .cloned();
+        match current {
+            Some(mut object) => {
+                change(&mut object)?;
+                update_locked(
+                    &mut inner,
+                    &self.events,
+                    resource,
+                    namespace,
+                    name,
+                    object,
+                    status_only,
+                    false,
+                )
+            }
+            None if create_missing => {
+                let mut object =
+                    json!({"apiVersion": resource.api_version(), "kind": resource.kind, "metadata": {"name": name}});
+                change(&mut object)?;
+                object["metadata"]["name"] = json!(name);
+                drop(inner);
+                self.create(resource, namespace, object)
+            }
+            None => Err(ApiError::not_found(resource, name)),
+        }
+    }
+
+    /// Deletes an object: finalizers make it wait with a `deletionTimestamp`; dependents
+    /// follow the propagation policy.
+    pub fn delete(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        delete_locked(&mut inner, &self.events, resource, namespace, name, propagation)
+    }
+
+    /// Where a watch from `rv` starts (410 when history no longer reaches back that far).
+    pub fn watch_from(
+        &self,
+        resource: &Resource,
+        rv: Option<u64>,
+        initial_events: bool,
+    ) -> Result<WatchStart, ApiError> {
+        let inner = self.lock();
+        let live = self.events.subscribe();
+        let k = key(resource);
+        let current = || -> Vec<Arc<Event>> {
+            inner
+                .objects
+                .get(&k)
+                .map(|m| {
+                    m.values()
+                        .map(|o| {
+                            Arc::new(Event {
+                                rv: inner.rv,
+                                key: k.clone(),
+                                type_: "ADDED",
+                                object: with_version(o, resource),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let backlog = match rv {
+            _ if initial_events => current(),
+            None | Some(0) => current(),
+            Some(rv) if rv < inner.compacted => return Err(ApiError::expired(rv)),
+            Some(rv) => inner
+                .history
+                .iter()
+                .filter(|e| e.rv > rv && e.key == k)
+                .cloned()
+                .collect(),
+        };
+        Ok(WatchStart {
+            backlog,
+            live,
+            from: inner.rv,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one private step of update and patch
+fn update_locked(
+    inner: &mut Inner,
+    events: &broadcast::Sender<Arc<Event>>,
+    resource: &Resource,
+    namespace: &str,
+    name: &str,
+    mut object: Value,
+    status_only: bool,
+    check_version: bool,
+) -> Result<Value, ApiError> {
+    let namespace = if resource.namespaced {
+        namespace.to_string()
+    } else {
+        String::new()
+    };
+    let Some(old) = inner
+        .objects
+        .get(&key(resource))
+        .and_then(|m| m.get(&(namespace.clone(), name.to_string())))
+        .cloned()
+    else {
+        return Err(ApiError::not_found(resource, name));
+    };
+    let sent_rv = object["metadata"]["resourceVersion"].as_str().map(str::to_string);
+    if let Some(sent) = sent_rv.filter(|s| !s.is_empty()) {
+        if check_version || object["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
+            if Some(sent.as_str()) != old["metadata"]["resourceVersion"].as_str() {
+                return Err(ApiError {
+                    code: 409,
+                    reason: "Conflict",
+                    message: format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        resource.qualified()
+                    ),
+                    details: ApiError::details(resource, name),
+                });
+            }
+        }
+    }
+    if object["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            object["metadata"]["name"].as_str().unwrap_or_default()
+        )));
+    }
+    normalize(resource, &mut object);
+    let mut new = if status_only {
+        let mut new = old.clone();
+        new["status"] = object.get("status").cloned().unwrap_or(Value::Null);
+        if new["status"].is_null() {
+            new.as_object_mut().map(|o| o.remove("status"));
+        }
+        new
+    } else {
+        if resource.status_subresource {
+            match old.get("status") {
+                Some(status) => object["status"] = status.clone(),
+                None => {
+                    object.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        }
+        // Identity and server-set fields stay as they were.
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+            "name",
+        ] {
+            match old["metadata"].get(field) {
+                Some(v) => object["metadata"][field] = v.clone(),
+                None => {
+                    object["metadata"].as_object_mut().map(|m| m.remove(field));
+                }
+            }
+        }
+        object
+    };
+    new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    if (resource.custom || resource.plural == "customresourcedefinitions") && spec_of(&new) != spec_of(&old) {
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+        new["metadata"]["generation"] = json!(generation);
+    }
+    if resource.plural == "customresourcedefinitions" && !status_only {
+        register_crd(inner, &new);
+        new["status"] = crd_status(&new);
+    }
+    if new == old {
+        return Ok(with_version(&old, resource));
+    }
+    let finalizers_gone = new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+    if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_gone {
+        let deleted = commit(inner, events, resource, &namespace, name, None, "DELETED");
+        collect_garbage(inner, events, &deleted, Propagation::Background);
+        return Ok(deleted);
+    }
+    Ok(commit(inner, events, resource, &namespace, name, Some(new), "MODIFIED"))
+}
+
+fn delete_locked(
+    inner: &mut Inner,
+    events: &broadcast::Sender<Arc<Event>>,
+    resource: &Resource,
+    namespace: &str,
+    name: &str,
+    propagation: Propagation,
+) -> Result<Value, ApiError> {
+    let namespace = if resource.namespaced {
+        namespace.to_string()
+    } else {
+        String::new()
+    };
+    let Some(mut object) = inner
+        .objects
+        .get(&key(resource))
+        .and_then(|m| m.get(&(namespace.clone(), name.to_string())))
+        .cloned()
+    else {
+        return Err(ApiError::not_found(resource, name));
+    };
+    if propagation == Propagation::Foreground {
+        // Dependents first, then the owner (the API returns the owner as it waits).
+        let mut waiting = object.clone();
+        waiting["metadata"]["deletionTimestamp"] = json!(now());
+        add_finalizer(&mut waiting, "foregroundDeletion");
+        let shown = with_version(&waiting, resource);
+        collect_garbage(inner, events, &object, Propagation::Foreground);
+        if object["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            object["metadata"]["deletionTimestamp"] = json!(now());
+            commit(inner, events, resource, &namespace, name, Some(object), "MODIFIED");
+        } else {
+            commit(inner, events, resource, &namespace, name, None, "DELETED");
+        }
+        return Ok(shown);
+    }
+    if object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+    {
+        if object["metadata"]["deletionTimestamp"].is_null() {
+            object["metadata"]["deletionTimestamp"] = json!(now());
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            return Ok(commit(
+                inner,
+                events,
+                resource,
+                &namespace,
+                name,
+                Some(object),
+                "MODIFIED",
+            ));
+        }
+        return Ok(with_version(&object, resource));
+    }
+    if resource.plural == "namespaces" {
+        purge_namespace(inner, events, name);
+    }
+    if resource.plural == "customresourcedefinitions" {
+        unregister_crd(inner, events, &object);
+    }
+    let deleted = commit(inner, events, resource, &namespace, name, None, "DELETED");
+    collect_garbage(inner, events, &deleted, propagation);
+    Ok(deleted)
+}
+
+/// Deletes (or orphans) the dependents of a deleted owner, as the garbage collector does.
+fn collect_garbage(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, owner: &Value, propagation: Propagation) {
+    let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_string) else {
+        return;
+    };
+    let mut dependents = Vec::new();
+    for (k, objects) in &inner.objects {
+        for ((ns, name), object) in objects {
+            let refs = object["metadata"]["ownerReferences"].as_array();
+            if refs.is_some_and(|r| r.iter().any(|o| o["uid"] == uid.as_str())) {
+                dependents.push((k.clone(), ns.clone(), name.clone()));
+            }
+        }
+    }
+    for (k, ns, name) in dependents {
+        let Some(resource) = inner
+            .resources
+            .iter()
+            .find(|r| (r.group.clone(), r.plural.clone()) == k)
+            .cloned()
+        else {
+            continue;
+        };
+        if propagation == Propagation::Orphan {
+            if let Some(mut object) = inner
+                .objects
+                .get(&k)
+                .and_then(|m| m.get(&(ns.clone(), name.clone())))
+                .cloned()
+            {
+                if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|o| o["uid"] != uid.as_str());
+                }
+                commit(inner, events, &resource, &ns, &name, Some(object), "MODIFIED");
+            }
+        } else {
+            let _ = delete_locked(inner, events, &resource, &ns, &name, Propagation::Background);
+        }
+    }
+}
+
+fn purge_namespace(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, namespace: &str) {
+    let resources: Vec<Resource> = inner.resources.iter().filter(|r| r.namespaced).cloned().collect();
+    for resource in resources {
+        let names: Vec<String> = inner
+            .objects
+            .get(&key(&resource))
+            .map(|m| {
+                m.keys()
+                    .filter(|(ns, _)| ns == namespace)
+                    .map(|(_, n)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in names {
+            commit(inner, events, &resource, namespace, &name, None, "DELETED");
+        }
+    }
+}
+
+/// Stores (or removes) an object under a new resourceVersion and publishes the event.
+fn commit(
+    inner: &mut Inner,
+    events: &broadcast::Sender<Arc<Event>>,
+    resource: &Resource,
+    namespace: &str,
+    name: &str,
+    object: Option<Value>,
+    type_: &'static str,
+) -> Value {
+    inner.rv += 1;
+    let rv = inner.rv;
+    let k = key(resource);
+    let id = (namespace.to_string(), name.to_string());
+    let stored = match object {
+        Some(mut object) => {
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            inner.objects.entry(k.clone()).or_default().insert(id, object.clone());
+            object
+        }
+        None => {
+            let mut object = inner
+                .objects
+                .get_mut(&k)
+                .and_then(|m| m.remove(&id))
+                .unwrap_or(Value::Null);
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            object
+        }
+    };
+    let shown = with_version(&stored, resource);
+    let event = Arc::new(Event {
+        rv,
+        key: k,
+        type_,
+        object: shown.clone(),
+    });
+    inner.history.push_back(event.clone());
+    trim(inner);
+    let _ = events.send(event);
+    shown
+}
+
+fn trim(inner: &mut Inner) {
+    while inner.history.len() > inner.history_limit {
+        if let Some(old) = inner.history.pop_front() {
+            inner.compacted = old.rv;
+        }
+    }
+}
+
+fn register_crd(inner: &mut Inner, crd: &Value) {
+    for resource in Resource::from_crd(crd) {
+        inner
+            .resources
+            .retain(|r| !(r.group == resource.group && r.plural == resource.plural && r.version == resource.version));
+        inner.resources.push(resource);
+    }
+}
+
+fn unregister_crd(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, crd: &Value) {
+    let served = Resource::from_crd(crd);
+    for resource in &served {
+        let ids: Vec<(String, String)> = inner
+            .objects
+            .get(&key(resource))
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for (ns, name) in ids {
+            commit(inner, events, resource, &ns, &name, None, "DELETED");
+        }
+    }
+    inner
+        .resources
+        .retain(|r| !served.iter().any(|s| s.group == r.group && s.plural == r.plural));
+}
+
+fn crd_status(crd: &Value) -> Value {
+    let t = now();
+    json!({
+        "acceptedNames": crd["spec"]["names"],
+        "storedVersions": crd["spec"]["versions"].as_array().map(|v| v.iter().filter(|v| v["storage"].as_bool().unwrap_or(false)).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": t},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": t}
+        ]
+    })
+}
+
+fn check_namespace(inner: &Inner, namespace: &str) -> Result<(), ApiError> {
+    let exists = inner
+        .objects
+        .get(&(String::new(), "namespaces".to_string()))
+        .is_some_and(|m| m.contains_key(&(String::new(), namespace.to_string())));
+    if exists {
+        return Ok(());
+    }
+    Err(ApiError {
+        code: 404,
+        reason: "NotFound",
+        message: format!("namespaces \"{namespace}\" not found"),
+        details: json!({"name": namespace, "kind": "namespaces"}),
+    })
+}
+
+/// Server-side shaping of a written object: apiVersion/kind, Secret `stringData`.
+fn normalize(resource: &Resource, object: &mut Value) {
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    object["apiVersion"] = json!(resource.api_version());
+    object["kind"] = json!(resource.kind);
+    if resource.plural == "secrets" {
+        if let Some(Value::Object(string_data)) = object.as_object_mut().and_then(|o| o.remove("stringData")) {
+            use base64::Engine;
+            for (k, v) in string_data {
+                let text = v.as_str().unwrap_or_default();
+                object["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+        }
+        if object["type"].is_null() {
+            object["type"] = json!("Opaque");
+        }
+    }
+}
+
+fn add_finalizer(object: &mut Value, finalizer: &str) {
+    let list = object["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+    if !list.iter().any(|f| f == finalizer) {
+        let mut list = list;
+        list.push(json!(finalizer));
+        object["metadata"]["finalizers"] = json!(list);
+    }
+}
+
+/// Everything but metadata and status: what `generation` tracks.
+fn spec_of(object: &Value) -> Value {
+    let mut rest = object.clone();
+    if let Some(map) = rest.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    rest
+}
+
+/// An object as served for this resource's version.
+fn with_version(object: &Value, resource: &Resource) -> Value {
+    let mut object = object.clone();
+    if object.is_object() {
+        object["apiVersion"] = json!(resource.api_version());
+    }
+    object
+}
+
+fn key(resource: &Resource) -> Key {
+    (resource.group.clone(), resource.plural.clone())
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// RFC 3339 UTC, seconds precision, as Kubernetes writes timestamps.
+pub fn now() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = getrandom::fill(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn uuid() -> String {
+    let h = random_hex(16);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
