@@ -89,7 +89,7 @@ struct Case {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
     let env = Env::start().await;
-    env.kubectl(&["create", "namespace", OPERATOR_NS]);
+    env.ensure_namespace(OPERATOR_NS).await;
     let operator = Operator::spawn(&env, OPERATOR_NS);
     operator.ready().await;
     let ns = env.namespace("bad").await;
@@ -216,13 +216,20 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         },
         wrong_value.get(&callback).await,
     );
+    // Each tampered callback comes from a browser holding the flow's cookie (a failed callback
+    // clears it).
+    let holding = |b: &Browser| {
+        let mut copy = Browser::new();
+        copy.cookies = b.cookies.clone();
+        copy
+    };
     check(
         Case {
             name: "missing code",
             status: 400,
             text: "no authorization code",
         },
-        browser.get(&with_query(&callback, "code", &[])).await,
+        holding(&browser).get(&with_query(&callback, "code", &[])).await,
     );
     check(
         Case {
@@ -230,7 +237,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
             status: 400,
             text: "rejected the authorization code",
         },
-        browser
+        holding(&browser)
             .get(&with_query(&callback, "code", &[("code", "atl_code_bogus")]))
             .await,
     );
@@ -240,7 +247,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
             status: 403,
             text: "reported an error (server_error)",
         },
-        browser
+        holding(&browser)
             .get(&with_query(&callback, "code", &[("error", "server_error")]))
             .await,
     );
@@ -250,7 +257,9 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
             status: 414,
             text: "too long",
         },
-        browser.get(&format!("{callback}&pad={}", "x".repeat(5000))).await,
+        holding(&browser)
+            .get(&format!("{callback}&pad={}", "x".repeat(5000)))
+            .await,
     );
     let mut big_header = Browser::new();
     big_header.cookies.insert("padding".into(), "y".repeat(17 * 1024));
@@ -388,6 +397,8 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
     assert_eq!(secrets_only(&snapshot(&env, &ns).await), secrets_only(&before));
     let mut good = Browser::new();
     let good_callback = good.consent(&new_link).await;
+    // A replay with the cookie still in hand (as a thief of both would have).
+    let mut thief = holding(&good);
     assert_eq!(good.get(&good_callback).await.status, 200);
     let after_success = snapshot(&env, &ns).await;
     check(
@@ -396,7 +407,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
             status: 410,
             text: "expired, was already used",
         },
-        good.get(&good_callback).await,
+        thief.get(&good_callback).await,
     );
     check(
         Case {
@@ -424,7 +435,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_grants_store_no_credential_and_say_why() {
     let env = Env::start().await;
-    env.kubectl(&["create", "namespace", OPERATOR_NS]);
+    env.ensure_namespace(OPERATOR_NS).await;
     let operator = Operator::spawn(&env, OPERATOR_NS);
     operator.ready().await;
     let ns = env.namespace("refuse").await;
@@ -502,7 +513,7 @@ async fn refused_grants_store_no_credential_and_say_why() {
             String::new(),
             CAROL,
             403,
-            "has no access to the installation's site https://acme.atlassian.net",
+            "has no access to the installation&#39;s site https://acme.atlassian.net",
             "SiteAccessLost",
         ),
     ];

@@ -27,7 +27,7 @@ fn chromium() -> String {
 async fn headless_chromium_completes_the_consent_and_renders_the_success_page() {
     let browser = chromium();
     let env = Env::start().await;
-    env.kubectl(&["create", "namespace", OPERATOR_NS]);
+    env.ensure_namespace(OPERATOR_NS).await;
     let operator = Operator::spawn(&env, OPERATOR_NS);
     operator.ready().await;
     let ns = env.namespace("browser").await;

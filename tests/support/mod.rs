@@ -88,16 +88,25 @@ impl Env {
     /// A fresh namespace for one test.
     pub async fn namespace(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", &uuid_like()[..8]);
+        self.ensure_namespace(&name).await;
+        name
+    }
+
+    /// Creates a namespace unless it exists.
+    pub async fn ensure_namespace(&self, name: &str) {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let ns = k8s_openapi::api::core::v1::Namespace {
             metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(name.to_string()),
                 ..Default::default()
             },
             ..Default::default()
         };
-        api.create(&PostParams::default(), &ns).await.unwrap();
-        name
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => panic!("creating namespace {name}: {e}"),
+        }
     }
 }
 
@@ -173,15 +182,15 @@ impl Operator {
     pub async fn ready(&self) {
         let http = reqwest::Client::new();
         let url = format!("{}/readyz", self.metrics_url);
-        eventually("the operator to be ready", || async {
-            http.get(&url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while http.get(&url).send().await.ok().filter(|r| r.status() == 200).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the operator did not become ready; its log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -170,8 +170,31 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
                 &resources::resource_list(&format!("{group}/{version}"), &matching),
             ));
         }
-        // No OpenAPI documents: kubectl then applies without a client-side schema.
-        ["openapi", "v3"] => return Ok(json_response(StatusCode::OK, &json!({"paths": {}}))),
+        // Enough OpenAPI for kubectl to validate server-side (schemas are not served).
+        ["openapi", "v3"] => {
+            let all = store.resources();
+            let hash = store.resource_version().to_string();
+            return Ok(json_response(
+                StatusCode::OK,
+                &resources::openapi_root(&all.iter().collect::<Vec<_>>(), &hash),
+            ));
+        }
+        ["openapi", "v3", "api", "v1"] => {
+            let all = store.resources();
+            let core: Vec<&Resource> = all.iter().filter(|r| r.group.is_empty()).collect();
+            return Ok(json_response(StatusCode::OK, &resources::openapi_group_version(&core)));
+        }
+        ["openapi", "v3", "apis", group, version] => {
+            let all = store.resources();
+            let matching: Vec<&Resource> = all
+                .iter()
+                .filter(|r| r.group == *group && r.version == *version)
+                .collect();
+            return Ok(json_response(
+                StatusCode::OK,
+                &resources::openapi_group_version(&matching),
+            ));
+        }
         _ => {}
     }
     let (group, version, rest) = match s.as_slice() {
@@ -364,6 +387,16 @@ fn propagation(call: &Call) -> Propagation {
 }
 
 fn parse_body(call: &Call) -> Result<Value, ApiError> {
+    if call.content_type.contains("protobuf") {
+        return Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message:
+                "the testbed API server accepts JSON bodies only (not protobuf): use kubectl apply -f, or a JSON client"
+                    .into(),
+            details: Value::Null,
+        });
+    }
     serde_json::from_slice(&call.body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }

@@ -199,3 +199,46 @@ pub fn group_list(resources: &[&Resource]) -> Value {
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
+
+/// `/openapi/v3`: one entry per group/version.
+pub fn openapi_root(resources: &[&Resource], hash: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in resources {
+        let gv = if r.group.is_empty() {
+            "api/v1".to_string()
+        } else {
+            format!("apis/{}/{}", r.group, r.version)
+        };
+        paths.insert(
+            gv.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/<group-version>`: just enough for kubectl to see that PATCH takes
+/// `fieldValidation` (it then validates server-side and needs no schemas).
+pub fn openapi_group_version(resources: &[&Resource]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in resources {
+        let prefix = if r.group.is_empty() {
+            "/api/v1".to_string()
+        } else {
+            format!("/apis/{}/{}", r.group, r.version)
+        };
+        let path = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", r.plural)
+        };
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let params = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}, {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
+        paths.insert(path, json!({
+            "get": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "get", "responses": {}},
+            "put": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "put", "parameters": params, "responses": {}},
+            "patch": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch", "parameters": params, "responses": {}},
+        }));
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (testbed)", "version": "v0.1.0"}, "paths": paths, "components": {"schemas": {}}})
+}
