@@ -295,8 +295,11 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
         "create" => {
             let object = parse_body(&call)?;
             let namespace = target.namespace.clone().unwrap_or_default();
-            if let Some(in_body) = object["metadata"]["namespace"].as_str() {
-                if target.resource.namespaced && in_body != namespace {
+            if let Some(in_body) = object["metadata"]["namespace"].as_str()
+                && target.resource.namespaced
+                && in_body != namespace
+            {
+                {
                     return Err(ApiError::bad_request(
                         "the namespace of the provided object does not match the namespace sent on the request",
                     ));

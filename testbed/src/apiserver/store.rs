@@ -228,10 +228,10 @@ impl Store {
                 if namespace.is_some_and(|want| want != ns) || !labels.matches(object) {
                     continue;
                 }
-                if let Some(fields) = fields {
-                    if !field_matches(fields, object).map_err(ApiError::bad_request)? {
-                        continue;
-                    }
+                if let Some(fields) = fields
+                    && !field_matches(fields, object).map_err(ApiError::bad_request)?
+                {
+                    continue;
                 }
                 items.push(with_version(object, resource));
             }
@@ -339,16 +339,7 @@ impl Store {
         status_only: bool,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        update_locked(
-            &mut inner,
-            &self.events,
-            resource,
-            namespace,
-            name,
-            object,
-            status_only,
-            true,
-        )
+        update_locked(&mut inner, &self.events, resource, namespace, name, object, status_only)
     }
 
     /// Applies `change` to the current object and stores the result like an update; with
@@ -376,16 +367,7 @@ impl Store {
         match current {
             Some(mut object) => {
                 change(&mut object)?;
-                update_locked(
-                    &mut inner,
-                    &self.events,
-                    resource,
-                    namespace,
-                    name,
-                    object,
-                    status_only,
-                    false,
-                )
+                update_locked(&mut inner, &self.events, resource, namespace, name, object, status_only)
             }
             None if create_missing => {
                 let mut object =
@@ -459,7 +441,6 @@ impl Store {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one private step of update and patch
 fn update_locked(
     inner: &mut Inner,
     events: &broadcast::Sender<Arc<Event>>,
@@ -468,7 +449,6 @@ fn update_locked(
     name: &str,
     mut object: Value,
     status_only: bool,
-    check_version: bool,
 ) -> Result<Value, ApiError> {
     let namespace = if resource.namespaced {
         namespace.to_string()
@@ -484,20 +464,21 @@ fn update_locked(
         return Err(ApiError::not_found(resource, name));
     };
     let sent_rv = object["metadata"]["resourceVersion"].as_str().map(str::to_string);
-    if let Some(sent) = sent_rv.filter(|s| !s.is_empty()) {
-        if check_version || object["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
-            if Some(sent.as_str()) != old["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError {
-                    code: 409,
-                    reason: "Conflict",
-                    message: format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                        resource.qualified()
-                    ),
-                    details: ApiError::details(resource, name),
-                });
-            }
-        }
+    // A patch carries the current resourceVersion unless it set one itself: either way a
+    // version other than the stored one is a stale write.
+    if sent_rv
+        .filter(|s| !s.is_empty())
+        .is_some_and(|sent| Some(sent.as_str()) != old["metadata"]["resourceVersion"].as_str())
+    {
+        return Err(ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                resource.qualified()
+            ),
+            details: ApiError::details(resource, name),
+        });
     }
     if object["metadata"]["name"].as_str().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
