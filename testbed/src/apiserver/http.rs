@@ -446,7 +446,15 @@ fn patch_object(call: &Call, target: &Target) -> Result<Response<Body>, ApiError
     let status_only = target.subresource.is_some();
     let change = |object: &mut Value| -> Result<(), ApiError> {
         match kind.as_str() {
-            "application/json-patch+json" => patch::json_patch(object, &body).map_err(|e| ApiError::bad_request(e.0)),
+            "application/json-patch+json" => patch::json_patch(object, &body).map_err(|e| ApiError {
+                code: 422,
+                reason: "Invalid",
+                message: format!(
+                    "the server rejected our request due to an error in our request: {}",
+                    e.0
+                ),
+                details: Value::Null,
+            }),
             "application/merge-patch+json"
             | "application/strategic-merge-patch+json"
             | "application/apply-patch+yaml" => {
