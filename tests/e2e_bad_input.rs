@@ -272,6 +272,18 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         big_header.get(&callback).await,
     );
 
+    let mut no_offline = Browser::new();
+    env.atlassian.withhold_scope_next("offline_access");
+    let callback_no_offline = no_offline.consent(&link).await;
+    check(
+        Case {
+            name: "grant without offline_access",
+            status: 400,
+            text: "the grant has no offline_access",
+        },
+        no_offline.get(&callback_no_offline).await,
+    );
+
     let mut declining = Browser::new();
     env.atlassian.decline_next_consent();
     let declined = declining.consent(&link).await;

@@ -509,3 +509,37 @@ async fn the_optional_consent_page_lets_a_person_pick_and_decide() {
         ("error".to_string(), "access_denied".to_string())
     );
 }
+
+#[tokio::test]
+async fn a_withheld_offline_access_yields_no_refresh_token() {
+    let standin = testbed::atlassian::StandIn::demo_world().await.unwrap();
+    standin.withhold_scope_next("offline_access");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let authorize = format!(
+        "{}/authorize?audience=api.atlassian.com&client_id=demo-client&scope=offline_access%20read%3Ame&redirect_uri=http%3A%2F%2F127.0.0.1%3A1%2Foauth%2Fcallback&state=s&response_type=code&prompt=consent",
+        standin.url()
+    );
+    let consent = http.get(&authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 302);
+    let location = url::Url::parse(consent.headers()["location"].to_str().unwrap()).unwrap();
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let token: serde_json::Value = http
+        .post(format!("{}/oauth/token", standin.url()))
+        .json(&serde_json::json!({"grant_type": "authorization_code", "client_id": "demo-client", "client_secret": "demo-secret", "code": code, "redirect_uri": "http://127.0.0.1:1/oauth/callback"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(token.get("refresh_token").is_none(), "{token}");
+    assert_eq!(token["scope"], "read:me");
+}

@@ -144,6 +144,12 @@ impl StandIn {
         self.state().consent_page = enabled;
     }
 
+    /// The next consent grants every requested scope but `scope` (e.g. `offline_access`: the
+    /// grant then carries no refresh token).
+    pub fn withhold_scope_next(&self, scope: &str) {
+        self.state().withhold_next = Some(scope.to_owned());
+    }
+
     /// The user revokes the app: every token of this account and client dies. Returns how many
     /// grants were live.
     pub fn revoke_user(&self, account_id: &str, client_id: &str) -> usize {

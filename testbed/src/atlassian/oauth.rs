@@ -132,12 +132,13 @@ pub(crate) fn accept(st: &mut State, ar: AuthRequest, account: Option<String>) -
     let Ok(mut target) = url::Url::parse(&ar.redirect_uri) else {
         return bad_request("invalid_request", "The redirect_uri is not a URL");
     };
+    let withheld = st.withhold_next.take();
     let consent = Consent {
         client_id: ar.client_id,
         sites: st.world.sites_of(&account),
         account_id: account,
         redirect_uri: ar.redirect_uri,
-        scopes: ar.scopes,
+        scopes: ar.scopes.into_iter().filter(|s| Some(s) != withheld.as_ref()).collect(),
         code_challenge: ar.code_challenge,
     };
     let now = st.now();

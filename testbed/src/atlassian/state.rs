@@ -38,6 +38,8 @@ pub(crate) struct State {
     pub(crate) consenting: Option<String>,
     /// Whether the next consent is declined.
     pub(crate) decline_next: bool,
+    /// A scope the next consent leaves out of the grant (then cleared).
+    pub(crate) withhold_next: Option<String>,
     /// Whether `/authorize` shows a consent page instead of consenting at once.
     pub(crate) consent_page: bool,
     /// Authorization requests waiting on the consent page, by request id.
@@ -56,6 +58,7 @@ impl Default for State {
             service_lifetime: DEFAULT_ACCESS_LIFETIME_SECS,
             consenting: None,
             decline_next: false,
+            withhold_next: None,
             consent_page: false,
             pending: HashMap::new(),
         }
