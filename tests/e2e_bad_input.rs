@@ -15,7 +15,6 @@ use kube::api::{Api, DeleteParams, ListParams};
 use support::*;
 use testbed::atlassian::{Account, Endpoint, Fault};
 
-const OPERATOR_NS: &str = "confluence-auth-system";
 const CAROL: &str = "557058:cccccccc-0000-4000-8000-00000000000c";
 
 /// Secret names with their resourceVersions, plus the resourceVersions of both kinds.
@@ -53,16 +52,6 @@ fn secrets_only(snapshot: &BTreeMap<String, String>) -> BTreeMap<String, String>
         .collect()
 }
 
-async fn link_of<K: CredentialResource>(api: &Api<K>, name: &str) -> String {
-    eventually("an authorization link", || async {
-        api.get(name)
-            .await
-            .ok()
-            .and_then(|o| o.credential().and_then(|c| c.authorization_url.clone()))
-    })
-    .await
-}
-
 async fn cluster_keys(env: &Env) -> KeyRing {
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), OPERATOR_NS);
     let keys = secrets.get("confluence-auth-operator-keys").await.unwrap();
@@ -88,20 +77,8 @@ struct Case {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
-    let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn(&env, OPERATOR_NS);
-    operator.ready().await;
-    let ns = env.namespace("bad").await;
-    env.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        &repo("examples/client-secret.yaml").to_string_lossy(),
-        "-f",
-        &repo("examples/installation.yaml").to_string_lossy(),
-    ]);
+    let (env, operator, ns) = with_operator("bad").await;
+    env.apply_examples(&ns, &["client-secret.yaml", "installation.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
     let link = link_of(&installations, "acme").await;
     let acme = installations.get("acme").await.unwrap();
@@ -381,13 +358,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         installations.get_opt("acme").await.unwrap().is_none().then_some(())
     })
     .await;
-    env.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        &repo("examples/installation.yaml").to_string_lossy(),
-    ]);
+    env.apply_examples(&ns, &["installation.yaml"]);
     let new_link = eventually("a new link", || async {
         installations
             .get("acme")
@@ -446,24 +417,14 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_grants_store_no_credential_and_say_why() {
-    let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn(&env, OPERATOR_NS);
-    operator.ready().await;
-    let ns = env.namespace("refuse").await;
+    let (env, operator, ns) = with_operator("refuse").await;
     env.atlassian.add_account(Account {
         account_id: CAROL.into(),
         name: "Carol Globex".into(),
         email: "carol@globex.example".into(),
         sites: vec!["globex.atlassian.net".into()],
     });
-    env.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        &repo("examples/client-secret.yaml").to_string_lossy(),
-    ]);
+    env.apply_examples(&ns, &["client-secret.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
     let users: Api<ConfluenceUserAuth> = Api::namespaced(env.client.clone(), &ns);
     let apply = |yaml: String| {

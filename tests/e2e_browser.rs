@@ -8,8 +8,6 @@ use confluence_auth_operator::crd::{ConfluenceInstallation, CredentialResource, 
 use kube::api::Api;
 use support::*;
 
-const OPERATOR_NS: &str = "confluence-auth-system";
-
 fn chromium() -> String {
     for candidate in ["chromium", "chromium-browser", "/usr/bin/chromium"] {
         if std::process::Command::new(candidate)
@@ -26,20 +24,8 @@ fn chromium() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_completes_the_consent_and_renders_the_success_page() {
     let browser = chromium();
-    let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn(&env, OPERATOR_NS);
-    operator.ready().await;
-    let ns = env.namespace("browser").await;
-    env.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        &repo("examples/client-secret.yaml").to_string_lossy(),
-        "-f",
-        &repo("examples/installation.yaml").to_string_lossy(),
-    ]);
+    let (env, operator, ns) = with_operator("browser").await;
+    env.apply_examples(&ns, &["client-secret.yaml", "installation.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
     let link = eventually("a link", || async {
         installations

@@ -13,37 +13,6 @@ use kube::ResourceExt;
 use kube::api::Api;
 use support::*;
 
-const OPERATOR_NS: &str = "confluence-auth-system";
-
-async fn setup() -> (Env, Operator, String) {
-    let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn(&env, OPERATOR_NS);
-    operator.ready().await;
-    let ns = env.namespace("e2e").await;
-    (env, operator, ns)
-}
-
-async fn link_of<K: CredentialResource>(api: &Api<K>, name: &str) -> String {
-    eventually("an authorization link in status", || async {
-        api.get(name)
-            .await
-            .ok()
-            .and_then(|o| o.credential().and_then(|c| c.authorization_url.clone()))
-    })
-    .await
-}
-
-async fn ready<K: CredentialResource>(api: &Api<K>, name: &str) -> K {
-    eventually("phase Ready", || async {
-        api.get(name)
-            .await
-            .ok()
-            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
-    })
-    .await
-}
-
 fn text(secret: &Secret) -> BTreeMap<String, String> {
     secret
         .data
@@ -54,22 +23,10 @@ fn text(secret: &Secret) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn example(name: &str) -> String {
-    repo("examples").join(name).to_string_lossy().into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
-    let (env, operator, ns) = setup().await;
-    env.kubectl_ok(&[
-        "apply",
-        "-n",
-        &ns,
-        "-f",
-        &example("client-secret.yaml"),
-        "-f",
-        &example("installation.yaml"),
-    ]);
+    let (env, operator, ns) = with_operator("e2e").await;
+    env.apply_examples(&ns, &["client-secret.yaml", "installation.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
     let link = link_of(&installations, "acme").await;
     assert!(
@@ -188,7 +145,7 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     assert_eq!(again.status, 410, "{}", again.body);
 
     // A user authorizes inside the installation.
-    env.kubectl_ok(&["apply", "-n", &ns, "-f", &example("user-auth.yaml")]);
+    env.apply_examples(&ns, &["user-auth.yaml"]);
     let users: Api<ConfluenceUserAuth> = Api::namespaced(env.client.clone(), &ns);
     let user_link = link_of(&users, "alice").await;
     assert!(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use confluence_auth_operator::crd::{CredentialResource, Phase};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -305,4 +306,54 @@ impl Browser {
         let callback = self.consent(start_link).await;
         self.get(&callback).await
     }
+}
+
+/// The operator's own namespace in the end-to-end tests.
+pub const OPERATOR_NS: &str = "confluence-auth-system";
+
+/// A control plane, a running operator, and a fresh namespace for the test.
+pub async fn with_operator(prefix: &str) -> (Env, Operator, String) {
+    let env = Env::start().await;
+    env.ensure_namespace(OPERATOR_NS).await;
+    let operator = Operator::spawn(&env, OPERATOR_NS);
+    operator.ready().await;
+    let ns = env.namespace(prefix).await;
+    (env, operator, ns)
+}
+
+impl Env {
+    /// `kubectl apply -n <ns>` of files under `examples/`.
+    pub fn apply_examples(&self, ns: &str, files: &[&str]) {
+        let paths: Vec<String> = files
+            .iter()
+            .map(|f| repo("examples").join(f).to_string_lossy().into_owned())
+            .collect();
+        let mut args = vec!["apply", "-n", ns];
+        for path in &paths {
+            args.extend(["-f", path.as_str()]);
+        }
+        self.kubectl_ok(&args);
+    }
+}
+
+/// The authorization link once the operator publishes it.
+pub async fn link_of<K: CredentialResource>(api: &Api<K>, name: &str) -> String {
+    eventually("an authorization link in status", || async {
+        api.get(name)
+            .await
+            .ok()
+            .and_then(|o| o.credential().and_then(|c| c.authorization_url.clone()))
+    })
+    .await
+}
+
+/// The object once its phase is Ready.
+pub async fn ready<K: CredentialResource>(api: &Api<K>, name: &str) -> K {
+    eventually("phase Ready", || async {
+        api.get(name)
+            .await
+            .ok()
+            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
+    })
+    .await
 }
