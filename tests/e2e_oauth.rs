@@ -41,7 +41,9 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
 
     env.atlassian.consent_as(ADA);
     let mut browser = Browser::new();
+    let mut pages = Vec::new();
     let page = browser.authorize(&link).await;
+    pages.push(page.body.clone());
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(
         page.body.contains("https://acme.atlassian.net") && page.body.contains("Ada Admin"),
@@ -142,6 +144,7 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
 
     // The used link is single use.
     let again = browser.get(&link).await;
+    pages.push(again.body.clone());
     assert_eq!(again.status, 410, "{}", again.body);
 
     // A user authorizes inside the installation.
@@ -154,6 +157,7 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     );
     env.atlassian.consent_as(BOB);
     let page = Browser::new().authorize(&user_link).await;
+    pages.push(page.body.clone());
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("Bob User"), "{}", page.body);
     let alice = ready(&users, "alice").await;
@@ -173,21 +177,16 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
         "ConfluenceUserAuth"
     );
 
-    assert_no_secret_leaked(&env, &operator, &ns).await;
+    assert_no_secret_leaked(&env, &operator, &ns, &pages).await;
 }
 
 /// Every token, code and refresh token the stand-in issued is absent from the operator's logs,
 /// every status, every Event and every page.
-pub async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str) {
+async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str, pages: &[String]) {
     let mut haystack = operator.logs();
+    haystack.push_str(&pages.concat());
     haystack.push_str(&env.kubectl_ok(&["get", "cfi,cfua", "-n", ns, "-o", "yaml"]));
-    haystack.push_str(
-        &env.kubectl(&["get", "events", "-n", ns, "-o", "yaml"])
-            .stdout
-            .iter()
-            .map(|&b| b as char)
-            .collect::<String>(),
-    );
+    haystack.push_str(&env.kubectl_ok(&["get", "events", "-n", ns, "-o", "yaml"]));
     let issued = env.atlassian.issued_secrets();
     assert!(!issued.is_empty());
     for secret in issued {
