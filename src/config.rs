@@ -76,9 +76,9 @@ pub struct RunArgs {
     /// Name of the Secret holding the vault's master keys.
     #[arg(long, env = "KEYS_SECRET", default_value = "confluence-auth-operator-keys")]
     pub keys_secret: String,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespaces: Option<String>,
+    /// Watch only these namespaces, comma separated (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Lifetime of an authorization link.
     #[arg(long, env = "LINK_TTL", default_value = "24h", value_parser = parse_duration)]
     pub link_ttl: std::time::Duration,

@@ -56,7 +56,7 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         metrics_addr: "127.0.0.1:0".parse()?,
         operator_namespace: Some(OPERATOR_NAMESPACE.into()),
         keys_secret: "confluence-auth-operator-keys".into(),
-        namespaces: None,
+        namespaces: Vec::new(),
         link_ttl: Duration::from_secs(24 * 3600),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

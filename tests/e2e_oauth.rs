@@ -197,3 +197,22 @@ async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str, pages
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_limited_to_some_namespaces_leaves_the_others_alone() {
+    let env = Env::start().await;
+    env.ensure_namespace(OPERATOR_NS).await;
+    let (watched, ignored) = (env.namespace("watched").await, env.namespace("ignored").await);
+    let operator = Operator::spawn_with(&env, OPERATOR_NS, &["--namespaces", &format!("elsewhere,{watched}")]);
+    operator.ready().await;
+    env.apply_examples(&ignored, &["client-secret.yaml", "installation.yaml"]);
+    env.apply_examples(&watched, &["client-secret.yaml", "installation.yaml"]);
+    let in_watched: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &watched);
+    link_of(&in_watched, "acme").await;
+    // The ignored one was applied first, so a reconcile of it would have landed by now.
+    let in_ignored: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ignored);
+    assert!(
+        in_ignored.get("acme").await.unwrap().status.is_none(),
+        "the operator touched a namespace outside --namespaces"
+    );
+}

@@ -56,30 +56,53 @@ impl ReconcileError {
     }
 }
 
-/// Runs both controllers until `shutdown` resolves.
+/// Runs both controllers, over all namespaces or over each of `namespaces`, until `shutdown`
+/// resolves.
 pub async fn run(
     shared: Arc<Shared>,
-    namespace: Option<String>,
+    namespaces: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = shared.ctx.client.clone();
-    let api = |_: ()| -> (Api<ConfluenceInstallation>, Api<ConfluenceUserAuth>, Api<Secret>) {
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        }
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
     };
-    let (installations, users, secrets) = api(());
-    let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", store::MANAGER));
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let controllers = futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| run_scope(shared.clone(), scope, &shutdown_tx)),
+    );
+    let stop = async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(());
+    };
+    tokio::join!(controllers, stop);
+}
+
+/// An API over one namespace, or over all.
+fn scoped<K>(client: &kube::Client, scope: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Both controllers over one scope.
+fn run_scope(
+    shared: Arc<Shared>,
+    scope: Option<String>,
+    shutdown: &tokio::sync::broadcast::Sender<()>,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let client = shared.ctx.client.clone();
+    let installations: Api<ConfluenceInstallation> = scoped(&client, &scope);
+    let users: Api<ConfluenceUserAuth> = scoped(&client, &scope);
+    let secrets: Api<Secret> = scoped(&client, &scope);
+    let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", store::MANAGER));
     let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
         let mut rx = tx.subscribe();
         async move {
@@ -89,11 +112,11 @@ pub async fn run(
 
     let installation_controller = Controller::new(installations.clone(), watcher::Config::default())
         .owns(secrets.clone(), managed.clone())
-        .graceful_shutdown_on(signal(&shutdown_tx))
+        .graceful_shutdown_on(signal(shutdown))
         .run(installation::reconcile, error_policy, shared.clone())
         .for_each(|_| async {});
 
-    let user_controller = Controller::new(users.clone(), watcher::Config::default());
+    let user_controller = Controller::new(users, watcher::Config::default());
     let user_store = user_controller.store();
     let user_controller = user_controller
         .owns(secrets, managed)
@@ -112,15 +135,12 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(signal(&shutdown_tx))
-        .run(user_auth::reconcile, error_policy, shared.clone())
+        .graceful_shutdown_on(signal(shutdown))
+        .run(user_auth::reconcile, error_policy, shared)
         .for_each(|_| async {});
-
-    let stop = async move {
-        shutdown.await;
-        let _ = shutdown_tx.send(());
-    };
-    tokio::join!(installation_controller, user_controller, stop);
+    async move {
+        tokio::join!(installation_controller, user_controller);
+    }
 }
 
 fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shared: Arc<Shared>) -> Action {

@@ -141,6 +141,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn spawn(env: &Env, operator_namespace: &str) -> Operator {
+        Self::spawn_with(env, operator_namespace, &[])
+    }
+
+    /// Like [`Operator::spawn`], with extra `run` flags.
+    pub fn spawn_with(env: &Env, operator_namespace: &str, extra: &[&str]) -> Operator {
         let port = free_port();
         let metrics_port = free_port();
         let public_url = format!("http://127.0.0.1:{port}");
@@ -158,6 +163,7 @@ impl Operator {
             .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--operator-namespace", operator_namespace])
+            .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
             .env("RUST_LOG", "info,confluence_auth_operator=debug")
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
