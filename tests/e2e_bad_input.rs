@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use confluence_auth_operator::crd::conditions;
-use confluence_auth_operator::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
+use confluence_auth_operator::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource};
 use confluence_auth_operator::oauth::state::{self, FlowTarget, ResourceKind};
 use confluence_auth_operator::vault::KeyRing;
 use k8s_openapi::api::core::v1::Secret;
@@ -463,14 +463,7 @@ async fn refused_grants_store_no_credential_and_say_why() {
     apply(repo_text("examples/installation.yaml"));
     let acme_link = link_of(&installations, "acme").await;
     assert_eq!(Browser::new().authorize(&acme_link).await.status, 200);
-    eventually("acme Ready", || async {
-        installations
-            .get("acme")
-            .await
-            .ok()
-            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
-    })
-    .await;
+    ready(&installations, "acme").await;
 
     let refusals = [
         (
@@ -520,14 +513,7 @@ async fn refused_grants_store_no_credential_and_say_why() {
     let alice = link_of(&users, "alice").await;
     env.atlassian.consent_as(BOB);
     assert_eq!(Browser::new().authorize(&alice).await.status, 200);
-    eventually("alice Ready", || async {
-        users
-            .get("alice")
-            .await
-            .ok()
-            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
-    })
-    .await;
+    ready(&users, "alice").await;
     apply(repo_text("examples/user-auth.yaml").replace("name: alice", "name: alice-again"));
     let again = link_of(&users, "alice-again").await;
     let before = secrets_only(&snapshot(&env, &ns).await);

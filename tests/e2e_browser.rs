@@ -4,7 +4,7 @@
 
 mod support;
 
-use confluence_auth_operator::crd::{ConfluenceInstallation, CredentialResource, Phase};
+use confluence_auth_operator::crd::{ConfluenceInstallation, CredentialResource};
 use kube::api::Api;
 use support::*;
 
@@ -72,14 +72,7 @@ async fn headless_chromium_completes_the_consent_and_renders_the_success_page() 
         "{dom}"
     );
 
-    let cfi = eventually("Ready", || async {
-        installations
-            .get("acme")
-            .await
-            .ok()
-            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Ready))
-    })
-    .await;
+    let cfi = ready(&installations, "acme").await;
     assert_eq!(cfi.credential().unwrap().installed_by.as_deref(), Some(ADA));
     // The used link, opened again in the same browser, renders the stale-link page.
     let screenshot_arg = format!("--screenshot={}", screenshot.display());
