@@ -23,11 +23,6 @@ impl Clock {
         Self(Arc::new(Timestamp::now))
     }
 
-    /// A clock driven by a function (tests).
-    pub fn from_fn(f: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
-    }
-
     /// Now.
     pub fn now(&self) -> Timestamp {
         (self.0)()

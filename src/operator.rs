@@ -82,7 +82,7 @@ pub async fn run(
     let metrics = Metrics::default();
     let readiness = Readiness::default();
     let bind = |addr| async move {
-        webhook::bind(addr)
+        tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })
     };

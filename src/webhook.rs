@@ -2,7 +2,6 @@
 //! `/readyz`. Every answer carries security headers; oversized requests are refused before any
 //! work. The flow logic itself lives in `oauth::flow`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -57,11 +56,6 @@ pub async fn serve(
             },
         );
     warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
-}
-
-/// Binds the webhook's address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 async fn handle(
