@@ -79,6 +79,11 @@ pub struct RunArgs {
     /// Watch only these namespaces, comma separated (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Read `spec.clientSecretRef` only from Secrets labelled
+    /// `confluence-auth.dev/client-secret=true` (for clusters where namespace users must not
+    /// point the operator at arbitrary Secrets of their namespace).
+    #[arg(long, env = "REQUIRE_CLIENT_SECRET_LABEL")]
+    pub require_client_secret_label: bool,
     /// Lifetime of an authorization link.
     #[arg(long, env = "LINK_TTL", default_value = "24h", value_parser = parse_duration)]
     pub link_ttl: std::time::Duration,

@@ -78,6 +78,10 @@ pub async fn run(
         public_url: args.public_url.as_str().trim_end_matches('/').to_string(),
         link_ttl: args.link_ttl,
         clock: Clock::system(),
+        operator_namespace: namespace.clone(),
+        keys_secret: args.keys_secret.clone(),
+        namespaces: args.namespaces.clone(),
+        require_client_secret_label: args.require_client_secret_label,
     };
     let metrics = Metrics::default();
     let readiness = Readiness::default();

@@ -44,5 +44,6 @@ pub async fn refresh(
         account_id: current.account_id.clone(),
         obtained_at: now,
         consented_at: current.consented_at,
+        installation: current.installation.clone(),
     })
 }

@@ -23,6 +23,7 @@ fn installation() -> ConfluenceInstallationSpec {
             "read:me".into(),
         ],
         site: None,
+        expected_account_id: None,
         refresh_before: "15m".into(),
         health_check_interval: "15m".into(),
         secret_name: None,

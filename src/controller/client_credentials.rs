@@ -26,7 +26,21 @@ pub async fn ensure_token(
         return report_stored(shared, cfi, &tokens, &policy.token_secret_name).await;
     }
     let namespace = cfi.namespace().unwrap_or_default();
-    let Some(client_secret) = store::client_secret(&ctx.client, &namespace, &cfi.spec.client_secret_ref).await? else {
+    let client_secret = match store::client_secret(
+        &ctx.client,
+        &namespace,
+        &cfi.spec.client_secret_ref,
+        &ctx.client_secret_policy(),
+    )
+    .await
+    {
+        Ok(secret) => secret,
+        Err(store::StoreError::ClientSecretRefused(why)) => {
+            return report_failed(shared, cfi, reason::CLIENT_SECRET_REFUSED, why).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(client_secret) = client_secret else {
         let message = format!(
             "Secret {:?} key {:?} (spec.clientSecretRef) does not exist: create it with the service account's client secret",
             cfi.spec.client_secret_ref.name, cfi.spec.client_secret_ref.key
@@ -72,6 +86,7 @@ pub async fn ensure_token(
         account_id: identity.account_id.clone(),
         obtained_at: now,
         consented_at: now,
+        installation: None,
     };
     store::write_tokens(
         &ctx.client,

@@ -50,6 +50,11 @@ pub struct ConfluenceInstallationSpec {
         length(max = 253)
     )]
     pub site: Option<String>,
+    /// When set, an admin grant by any other Atlassian account is refused (a link forwarded to
+    /// someone else cannot bind their account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub expected_account_id: Option<String>,
     /// Refresh this long before the access token expires (`90s`, `15m`, `1h`).
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^([0-9]+[hms])+$"))]

@@ -222,6 +222,13 @@ impl AtlassianClient {
         &self.endpoints
     }
 
+    /// The authorization server's origin (`scheme://host[:port]`), for a page's CSP.
+    pub fn auth_origin(&self) -> String {
+        url::Url::parse(&self.endpoints.auth_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
+    }
+
     /// The consent link (`/authorize`) a browser is redirected to.
     pub fn authorize_url(&self, request: &AuthorizeRequest<'_>) -> String {
         let mut url = url::Url::parse(&format!("{}/authorize", self.endpoints.auth_url))
