@@ -5,16 +5,20 @@
 //! where they are made (patch: strategic merge and apply act as merge patches; CEL rules and
 //! OpenAPI schemas of CRDs are not evaluated).
 
+mod builtin_table;
 mod faults;
 mod http;
 mod patch;
+mod protobuf;
 mod resources;
 mod select;
 mod store;
 mod table;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,14 +30,20 @@ pub use http::RequestRecord;
 /// Options of a server.
 #[derive(Debug, Clone)]
 pub struct ApiServerOptions {
-    /// How many events the server keeps for watches; a watch from an older resourceVersion
-    /// gets 410 Gone.
+    /// How many events the server keeps for watches (the watch cache's capacity); a watch
+    /// from an older resourceVersion gets 410 Gone.
     pub history_limit: usize,
+    /// How long events are kept for watches (etcd compacts every 5 minutes by default); a
+    /// watch from a resourceVersion older than that gets 410 Gone.
+    pub history_window: Duration,
 }
 
 impl Default for ApiServerOptions {
     fn default() -> Self {
-        Self { history_limit: 10_000 }
+        Self {
+            history_limit: 100_000,
+            history_window: Duration::from_secs(300),
+        }
     }
 }
 
@@ -55,10 +65,11 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(http::Shared {
-            store: store::Store::new(options.history_limit),
+            store: store::Store::new(options.history_limit, options.history_window),
             faults: Faults::default(),
             log: Mutex::new(Vec::new()),
             address: addr.to_string(),
+            tokens: tokens::Tokens::default(),
         });
         let (stop, mut stopped) = watch::channel(false);
         let server_shared = shared.clone();
@@ -116,6 +127,11 @@ impl ApiServer {
     /// Changes the retained watch history (older watches then get 410 Gone).
     pub fn set_history_limit(&self, limit: usize) {
         self.shared.store.set_history_limit(limit);
+    }
+
+    /// Changes how long events are kept for watches (older watches then get 410 Gone).
+    pub fn set_history_window(&self, window: Duration) {
+        self.shared.store.set_history_window(window);
     }
 
     /// The current cluster-wide resourceVersion.
