@@ -23,14 +23,28 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
     type Row = Box<dyn Fn(&Value) -> Vec<Value>>;
     let (columns, row): (Vec<Col>, Row) = match (resource.group.as_str(), resource.plural.as_str()) {
         ("", "namespaces") => (
-            vec![Col("Name", "string", 0, NAME), Col("Status", "string", 0, "The status of the namespace"), Col("Age", "string", 0, AGE)],
+            vec![
+                Col("Name", "string", 0, NAME),
+                Col("Status", "string", 0, "The status of the namespace"),
+                Col("Age", "string", 0, AGE),
+            ],
             Box::new(move |o| vec![name(o), o["status"]["phase"].clone(), json!(age(o))]),
         ),
         ("", "secrets") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Type", "string", 0, "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types"),
-                Col("Data", "string", 0, "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4"),
+                Col(
+                    "Type",
+                    "string",
+                    0,
+                    "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+                ),
+                Col(
+                    "Data",
+                    "string",
+                    0,
+                    "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
+                ),
                 Col("Age", "string", 0, AGE),
             ],
             Box::new(move |o| vec![name(o), o["type"].clone(), json!(len(&o["data"])), json!(age(o))]),
@@ -38,7 +52,12 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
         ("", "configmaps") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Data", "string", 0, "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process."),
+                Col(
+                    "Data",
+                    "string",
+                    0,
+                    "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
+                ),
                 Col("Age", "string", 0, AGE),
             ],
             Box::new(move |o| vec![name(o), json!(len(&o["data"]) + len(&o["binaryData"])), json!(age(o))]),
@@ -46,21 +65,61 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
         ("", "serviceaccounts") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+                Col(
+                    "Secrets",
+                    "string",
+                    0,
+                    "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+                ),
                 Col("Age", "string", 0, AGE),
             ],
             Box::new(move |o| vec![name(o), json!(len(&o["secrets"])), json!(age(o))]),
         ),
         ("", "events") => (
             vec![
-                Col("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
-                Col("Type", "string", 0, "Type of this event (Normal, Warning), new types could be added in the future"),
-                Col("Reason", "string", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+                Col(
+                    "Last Seen",
+                    "string",
+                    0,
+                    "The time at which the most recent occurrence of this event was recorded.",
+                ),
+                Col(
+                    "Type",
+                    "string",
+                    0,
+                    "Type of this event (Normal, Warning), new types could be added in the future",
+                ),
+                Col(
+                    "Reason",
+                    "string",
+                    0,
+                    "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                ),
                 Col("Object", "string", 0, "The object that this event is about."),
-                Col("Subobject", "string", 1, "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement, such as desiredState.manifest.containers[2]."),
-                Col("Source", "string", 1, "The component reporting this event. Should be a short machine understandable string."),
-                Col("Message", "string", 0, "A human-readable description of the status of this operation."),
-                Col("First Seen", "string", 1, "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)"),
+                Col(
+                    "Subobject",
+                    "string",
+                    1,
+                    "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement, such as desiredState.manifest.containers[2].",
+                ),
+                Col(
+                    "Source",
+                    "string",
+                    1,
+                    "The component reporting this event. Should be a short machine understandable string.",
+                ),
+                Col(
+                    "Message",
+                    "string",
+                    0,
+                    "A human-readable description of the status of this operation.",
+                ),
+                Col(
+                    "First Seen",
+                    "string",
+                    1,
+                    "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)",
+                ),
                 Col("Count", "string", 1, "The number of times this event has occurred."),
                 Col("Name", "string", 1, NAME),
             ],
@@ -69,30 +128,74 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
         ("coordination.k8s.io", "leases") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Holder", "string", 0, "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name field."),
+                Col(
+                    "Holder",
+                    "string",
+                    0,
+                    "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name field.",
+                ),
                 Col("Age", "string", 0, AGE),
             ],
-            Box::new(move |o| vec![name(o), json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")), json!(age(o))]),
+            Box::new(move |o| {
+                vec![
+                    name(o),
+                    json!(o["spec"]["holderIdentity"].as_str().unwrap_or("")),
+                    json!(age(o)),
+                ]
+            }),
         ),
         ("apps", "deployments") => (
             vec![
                 Col("Name", "string", 0, NAME),
                 Col("Ready", "string", 0, "Number of the pod with ready state"),
-                Col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-                Col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+                Col(
+                    "Up-to-date",
+                    "string",
+                    0,
+                    "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                ),
+                Col(
+                    "Available",
+                    "string",
+                    0,
+                    "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                ),
                 Col("Age", "string", 0, AGE),
                 Col("Containers", "string", 1, "Names of each container in the template."),
-                Col("Images", "string", 1, "Images referenced by each container in the template."),
-                Col("Selector", "string", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+                Col(
+                    "Images",
+                    "string",
+                    1,
+                    "Images referenced by each container in the template.",
+                ),
+                Col(
+                    "Selector",
+                    "string",
+                    1,
+                    "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+                ),
             ],
             Box::new(move |o| {
                 let status = &o["status"];
                 let int = |v: &Value| v.as_i64().unwrap_or(0);
-                let containers = o["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
-                let join = |field: &str| containers.iter().filter_map(|c| c[field].as_str()).collect::<Vec<_>>().join(",");
+                let containers = o["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let join = |field: &str| {
+                    containers
+                        .iter()
+                        .filter_map(|c| c[field].as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 vec![
                     name(o),
-                    json!(format!("{}/{}", int(&status["readyReplicas"]), int(&o["spec"]["replicas"]))),
+                    json!(format!(
+                        "{}/{}",
+                        int(&status["readyReplicas"]),
+                        int(&o["spec"]["replicas"])
+                    )),
                     json!(int(&status["updatedReplicas"])),
                     json!(int(&status["availableReplicas"])),
                     json!(age(o)),
@@ -106,11 +209,31 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
             vec![
                 Col("Name", "string", 0, NAME),
                 Col("Type", "string", 0, "type determines how the Service is exposed."),
-                Col("Cluster-IP", "string", 0, "clusterIP is the IP address of the service and is usually assigned randomly."),
-                Col("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
-                Col("Port(s)", "string", 0, "The list of ports that are exposed by this service."),
+                Col(
+                    "Cluster-IP",
+                    "string",
+                    0,
+                    "clusterIP is the IP address of the service and is usually assigned randomly.",
+                ),
+                Col(
+                    "External-IP",
+                    "string",
+                    0,
+                    "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+                ),
+                Col(
+                    "Port(s)",
+                    "string",
+                    0,
+                    "The list of ports that are exposed by this service.",
+                ),
                 Col("Age", "string", 0, AGE),
-                Col("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+                Col(
+                    "Selector",
+                    "string",
+                    1,
+                    "Route service traffic to pods with label keys and values matching this selector.",
+                ),
             ],
             Box::new(move |o| {
                 let spec = &o["spec"];
@@ -125,14 +248,20 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
                 ]
             }),
         ),
-        ("rbac.authorization.k8s.io", "roles" | "clusterroles") | ("apiextensions.k8s.io", "customresourcedefinitions") => (
+        ("rbac.authorization.k8s.io", "roles" | "clusterroles")
+        | ("apiextensions.k8s.io", "customresourcedefinitions") => (
             vec![Col("Name", "string", 0, NAME), Col("Created At", "date", 0, AGE)],
             Box::new(move |o| vec![name(o), created(o)]),
         ),
         ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Role", "string", 0, "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace."),
+                Col(
+                    "Role",
+                    "string",
+                    0,
+                    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace.",
+                ),
                 Col("Age", "string", 0, AGE),
                 Col("Users", "string", 1, "Users in the binding"),
                 Col("Groups", "string", 1, "Groups in the binding"),
@@ -153,7 +282,11 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
                 };
                 vec![
                     name(o),
-                    json!(format!("{}/{}", o["roleRef"]["kind"].as_str().unwrap_or(""), o["roleRef"]["name"].as_str().unwrap_or(""))),
+                    json!(format!(
+                        "{}/{}",
+                        o["roleRef"]["kind"].as_str().unwrap_or(""),
+                        o["roleRef"]["name"].as_str().unwrap_or("")
+                    )),
                     json!(age(o)),
                     json!(of("User")),
                     json!(of("Group")),
@@ -164,9 +297,24 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
         ("policy", "poddisruptionbudgets") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Min Available", "string", 0, "The minimum number of pods that must be available simultaneously.  This can be either an integer or a string specifying a percentage, e.g. \"28%\"."),
-                Col("Max Unavailable", "string", 0, "The maximum number of pods that may be unavailable simultaneously.  This can be either an integer or a string specifying a percentage, e.g. \"28%\"."),
-                Col("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+                Col(
+                    "Min Available",
+                    "string",
+                    0,
+                    "The minimum number of pods that must be available simultaneously.  This can be either an integer or a string specifying a percentage, e.g. \"28%\".",
+                ),
+                Col(
+                    "Max Unavailable",
+                    "string",
+                    0,
+                    "The maximum number of pods that may be unavailable simultaneously.  This can be either an integer or a string specifying a percentage, e.g. \"28%\".",
+                ),
+                Col(
+                    "Allowed Disruptions",
+                    "integer",
+                    0,
+                    "Calculated number of pods that may be disrupted at this time.",
+                ),
                 Col("Age", "string", 0, AGE),
             ],
             Box::new(move |o| {
@@ -187,7 +335,12 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
         ("networking.k8s.io", "networkpolicies") => (
             vec![
                 Col("Name", "string", 0, NAME),
-                Col("Pod-Selector", "string", 0, "Selects the pods to which this NetworkPolicy object applies."),
+                Col(
+                    "Pod-Selector",
+                    "string",
+                    0,
+                    "Selects the pods to which this NetworkPolicy object applies.",
+                ),
                 Col("Age", "string", 0, AGE),
             ],
             Box::new(move |o| vec![name(o), json!(label_selector(&o["spec"]["podSelector"])), json!(age(o))]),
@@ -196,8 +349,18 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
             vec![
                 Col("Name", "string", 0, NAME),
                 Col("Class", "string", 0, "The name of the IngressClass cluster resource."),
-                Col("Hosts", "string", 0, "Hosts that incoming requests are matched against before the ingress rule"),
-                Col("Address", "string", 0, "Address is a list containing ingress points for the load-balancer"),
+                Col(
+                    "Hosts",
+                    "string",
+                    0,
+                    "Hosts that incoming requests are matched against before the ingress rule",
+                ),
+                Col(
+                    "Address",
+                    "string",
+                    0,
+                    "Address is a list containing ingress points for the load-balancer",
+                ),
                 Col("Ports", "string", 0, "Ports of TLS configurations that open"),
                 Col("Age", "string", 0, AGE),
             ],
@@ -207,11 +370,19 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
                     .as_array()
                     .map(|r| r.iter().filter_map(|r| r["host"].as_str()).collect())
                     .unwrap_or_default();
-                let ports = if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) { "80, 443" } else { "80" };
+                let ports = if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+                    "80, 443"
+                } else {
+                    "80"
+                };
                 vec![
                     name(o),
                     json!(spec["ingressClassName"].as_str().unwrap_or("<none>")),
-                    json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                    json!(if hosts.is_empty() {
+                        "*".to_string()
+                    } else {
+                        hosts.join(",")
+                    }),
                     json!(load_balancer_addresses(&o["status"]["loadBalancer"]).join(",")),
                     json!(ports),
                     json!(age(o)),
@@ -231,8 +402,10 @@ pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> 
         .iter()
         .map(|o| json!({"cells": row(o), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}}))
         .collect();
-    Some(json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version.to_string()},
-        "columnDefinitions": column_definitions, "rows": rows}))
+    Some(
+        json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version.to_string()},
+        "columnDefinitions": column_definitions, "rows": rows}),
+    )
 }
 
 /// `printEvent`: last seen (series, lastTimestamp, firstTimestamp or eventTime), type, reason,
@@ -280,18 +453,28 @@ fn event_cells(now: jiff::Timestamp, event: &Value) -> Vec<Value> {
 }
 
 fn len(v: &Value) -> usize {
-    v.as_object().map(|m| m.len()).or_else(|| v.as_array().map(Vec::len)).unwrap_or(0)
+    v.as_object()
+        .map(|m| m.len())
+        .or_else(|| v.as_array().map(Vec::len))
+        .unwrap_or(0)
 }
 
 /// `metav1.FormatLabelSelector`: `a=b,c in (d)`, `<none>` for an empty selector.
 fn label_selector(selector: &Value) -> String {
     let mut parts: Vec<String> = selector["matchLabels"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default();
     for e in selector["matchExpressions"].as_array().into_iter().flatten() {
         let key = e["key"].as_str().unwrap_or("");
-        let values: Vec<&str> = e["values"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         parts.push(match e["operator"].as_str().unwrap_or("") {
             "In" => format!("{key} in ({})", values.join(",")),
             "NotIn" => format!("{key} notin ({})", values.join(",")),
@@ -300,7 +483,11 @@ fn label_selector(selector: &Value) -> String {
             other => format!("{key} {other}"),
         });
     }
-    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
 }
 
 fn map_selector(selector: &Value) -> String {
@@ -317,7 +504,11 @@ fn map_selector(selector: &Value) -> String {
 fn load_balancer_addresses(lb: &Value) -> Vec<String> {
     lb["ingress"]
         .as_array()
-        .map(|i| i.iter().filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()).map(str::to_string)).collect())
+        .map(|i| {
+            i.iter()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -334,7 +525,11 @@ fn external_ip(service: &Value) -> String {
         "LoadBalancer" => {
             let mut all = load_balancer_addresses(&service["status"]["loadBalancer"]);
             all.extend(external);
-            if all.is_empty() { "<pending>".into() } else { all.join(",") }
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
         }
         "ExternalName" => spec["externalName"].as_str().unwrap_or("").to_string(),
         _ => "<unknown>".into(),
@@ -381,7 +576,11 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = seconds / 60;
     if minutes < 10 {
         let s = seconds % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -389,14 +588,22 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = seconds / 3600;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
@@ -442,8 +649,18 @@ mod tests {
         let cells = event_cells(now, &event);
         assert_eq!(
             cells,
-            vec![json!("0s"), json!("Warning"), json!("ProbeReason"), json!("sample/s1"), json!(""),
-                json!("reference-capture"), json!("a probe event for s1"), json!("0s"), json!(1), json!("s1.probe")]
+            vec![
+                json!("0s"),
+                json!("Warning"),
+                json!("ProbeReason"),
+                json!("sample/s1"),
+                json!(""),
+                json!("reference-capture"),
+                json!("a probe event for s1"),
+                json!("0s"),
+                json!(1),
+                json!("s1.probe")
+            ]
         );
     }
 }

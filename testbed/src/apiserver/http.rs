@@ -13,12 +13,12 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::faults::Faults;
-use super::tokens::Tokens;
-use super::{patch, protobuf};
 use super::resources::{self, Resource};
 use super::select::LabelSelector;
 use super::store::{ApiError, Propagation, Store};
 use super::table;
+use super::tokens::Tokens;
+use super::{patch, protobuf};
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -442,7 +442,10 @@ fn token_request(call: &Call, target: &Target) -> Result<Response<Body>, ApiErro
         .issue(&namespace, &name, uid, &request)
         .map_err(|refusal| {
             let mut error = ApiError::invalid(&target.resource, &name, refusal.field, &refusal.message);
-            error.message = format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: {}: {}", refusal.field, refusal.message);
+            error.message = format!(
+                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: {}: {}",
+                refusal.field, refusal.message
+            );
             error.details["kind"] = json!("TokenRequest");
             error.details["group"] = json!("authentication.k8s.io");
             error

@@ -11,6 +11,7 @@ mod http;
 mod patch;
 mod protobuf;
 mod resources;
+mod schema;
 mod select;
 mod store;
 mod table;
@@ -36,6 +37,10 @@ pub struct ApiServerOptions {
     /// How long events are kept for watches (etcd compacts every 5 minutes by default); a
     /// watch from a resourceVersion older than that gets 410 Gone.
     pub history_window: Duration,
+    /// Whether CRD schemas (OpenAPI v3 and CEL rules) refuse invalid custom resources, as a
+    /// real server does. Off puts a bad spec straight past the schema (to test what the
+    /// operator itself does with one).
+    pub enforce_schemas: bool,
 }
 
 impl Default for ApiServerOptions {
@@ -43,6 +48,7 @@ impl Default for ApiServerOptions {
         Self {
             history_limit: 100_000,
             history_window: Duration::from_secs(300),
+            enforce_schemas: true,
         }
     }
 }
@@ -71,6 +77,7 @@ impl ApiServer {
             address: addr.to_string(),
             tokens: tokens::Tokens::default(),
         });
+        shared.store.set_enforce_schemas(options.enforce_schemas);
         let (stop, mut stopped) = watch::channel(false);
         let server_shared = shared.clone();
         tokio::spawn(async move {
@@ -127,6 +134,11 @@ impl ApiServer {
     /// Changes the retained watch history (older watches then get 410 Gone).
     pub fn set_history_limit(&self, limit: usize) {
         self.shared.store.set_history_limit(limit);
+    }
+
+    /// Turns CRD schema enforcement on or off (see [`ApiServerOptions::enforce_schemas`]).
+    pub fn set_enforce_schemas(&self, enforce: bool) {
+        self.shared.store.set_enforce_schemas(enforce);
     }
 
     /// Changes how long events are kept for watches (older watches then get 410 Gone).

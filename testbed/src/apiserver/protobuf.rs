@@ -452,7 +452,13 @@ mod tests {
                                 ..Default::default()
                             }),
                             resources: Some(core::ResourceRequirements {
-                                limits: [("memory".to_string(), Quantity { string: Some("64Mi".into()) })].into(),
+                                limits: [(
+                                    "memory".to_string(),
+                                    Quantity {
+                                        string: Some("64Mi".into()),
+                                    },
+                                )]
+                                .into(),
                                 ..Default::default()
                             }),
                             ..Default::default()

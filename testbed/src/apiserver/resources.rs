@@ -170,8 +170,22 @@ pub fn builtins() -> Vec<Resource> {
         Resource::builtin("", "v1", "services", "Service", true, &["svc"]),
         Resource::builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"]),
         Resource::builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[]),
-        Resource::builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[]),
-        Resource::builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[]),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+        ),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+        ),
         Resource::builtin(
             "rbac.authorization.k8s.io",
             "v1",
@@ -180,8 +194,22 @@ pub fn builtins() -> Vec<Resource> {
             false,
             &[],
         ),
-        Resource::builtin("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, &["pdb"]),
-        Resource::builtin("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, &["netpol"]),
+        Resource::builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+        ),
+        Resource::builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            &["netpol"],
+        ),
         Resource::builtin("networking.k8s.io", "v1", "ingresses", "Ingress", true, &["ing"]),
         Resource::builtin("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", false, &[]),
         Resource::builtin(
@@ -216,8 +244,10 @@ pub fn resource_list(group_version: &str, resources: &[&Resource]) -> Value {
             "verbs": verbs, "shortNames": r.short_names, "categories": r.categories,
         }));
         if r.group.is_empty() && r.plural == "serviceaccounts" {
-            items.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
-                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+            items.push(
+                json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}),
+            );
         }
         if r.status_subresource {
             items.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));

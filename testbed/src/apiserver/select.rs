@@ -160,7 +160,13 @@ mod tests {
         assert!(!field_matches("metadata.name!=x", &obj).unwrap());
         assert!(field_matches("spec.x=1", &obj).is_err());
         let event = json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Sample", "name": "s1", "uid": "u"}, "source": {"component": "c"}});
-        assert!(field_matches("involvedObject.name=s1,involvedObject.kind=Sample,involvedObject.uid=u", &event).unwrap());
+        assert!(
+            field_matches(
+                "involvedObject.name=s1,involvedObject.kind=Sample,involvedObject.uid=u",
+                &event
+            )
+            .unwrap()
+        );
         assert!(!field_matches("involvedObject.name=s2", &event).unwrap());
         assert!(field_matches("source=c,involvedObject.namespace=", &event).unwrap());
     }

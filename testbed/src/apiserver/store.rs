@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::resources::{self, Resource};
+use super::schema;
 use super::select::{LabelSelector, field_matches};
 
 /// (group, plural): one kind of object, whatever the version.
@@ -126,6 +127,8 @@ struct Inner {
     history_window: Duration,
     /// Next Service cluster IP (10.96.0.0/12, as a kubeadm cluster allocates).
     next_cluster_ip: u32,
+    /// Whether CRD schemas (OpenAPI and CEL) refuse invalid custom resources.
+    enforce_schemas: bool,
 }
 
 /// The object store.
@@ -160,6 +163,7 @@ impl Store {
                 history_limit: history_limit.max(1),
                 history_window,
                 next_cluster_ip: 1,
+                enforce_schemas: true,
             }),
             events,
         };
@@ -189,6 +193,12 @@ impl Store {
         let mut inner = self.lock();
         inner.history_limit = limit.max(1);
         trim(&mut inner);
+    }
+
+    /// Turns CRD schema enforcement on or off (off: invalid custom resources are stored, as
+    /// if they came from before the schema).
+    pub fn set_enforce_schemas(&self, enforce: bool) {
+        self.lock().enforce_schemas = enforce;
     }
 
     /// Changes how long events are kept for watches (older starting points get 410).
@@ -351,6 +361,10 @@ impl Store {
         if resource.plural == "customresourcedefinitions" {
             register_crd(&mut inner, &object);
             object["status"] = crd_status(&object);
+        }
+        schema::default(resource, &mut object);
+        if inner.enforce_schemas {
+            schema::validate(resource, &object, None, false)?;
         }
         Ok(commit(
             &mut inner,
@@ -585,6 +599,10 @@ fn update_locked(
         register_crd(inner, &new);
         new["status"] = crd_status(&new);
     }
+    schema::default(resource, &mut new);
+    if inner.enforce_schemas {
+        schema::validate(resource, &new, Some(&old), status_only)?;
+    }
     if new == old {
         return Ok(with_version(&old, resource));
     }
@@ -625,7 +643,15 @@ fn delete_locked(
         if object["metadata"]["deletionTimestamp"].is_null() {
             object["metadata"]["deletionTimestamp"] = json!(now());
             object["status"]["phase"] = json!("Terminating");
-            return Ok(commit(inner, events, resource, &namespace, name, Some(object), "MODIFIED"));
+            return Ok(commit(
+                inner,
+                events,
+                resource,
+                &namespace,
+                name,
+                Some(object),
+                "MODIFIED",
+            ));
         }
         return Ok(with_version(&object, resource));
     }
@@ -961,7 +987,8 @@ fn default_deployment(deployment: &mut Value) {
         spec["replicas"] = json!(1);
     }
     if spec["strategy"]["type"].is_null() {
-        spec["strategy"] = json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
+        spec["strategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
     }
     if spec["revisionHistoryLimit"].is_null() {
         spec["revisionHistoryLimit"] = json!(10);

@@ -125,9 +125,8 @@ impl Tokens {
             .get(token)
             .cloned();
         let now = jiff::Timestamp::now().as_second();
-        let valid = issued.filter(|i| {
-            i.expires > now && current_uid(&i.namespace, &i.name).is_some_and(|uid| uid == i.uid)
-        });
+        let valid =
+            issued.filter(|i| i.expires > now && current_uid(&i.namespace, &i.name).is_some_and(|uid| uid == i.uid));
         let Some(issued) = valid else {
             answer["status"] = json!({"user": {}, "error": "invalid bearer token"});
             return answer;
@@ -163,7 +162,14 @@ fn random_uuid() -> String {
     let mut b = [0u8; 16];
     let _ = getrandom::fill(&mut b);
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-4{}-a{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -189,12 +195,16 @@ mod tests {
         assert_eq!(stale["status"], json!({"user": {}, "error": "invalid bearer token"}));
         let garbage = tokens.review(&json!({"spec": {"token": "not-a-token"}}), |_, _| Some("u-1".into()));
         assert_eq!(garbage["status"], json!({"user": {}, "error": "invalid bearer token"}));
-        let elsewhere = tokens.review(
-            &json!({"spec": {"token": token, "audiences": ["other"]}}),
-            |_, _| Some("u-1".into()),
-        );
+        let elsewhere = tokens.review(&json!({"spec": {"token": token, "audiences": ["other"]}}), |_, _| {
+            Some("u-1".into())
+        });
         assert!(elsewhere["status"]["authenticated"].is_null());
-        assert!(elsewhere["status"]["error"].as_str().unwrap().contains("invalid for the target audiences"));
+        assert!(
+            elsewhere["status"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("invalid for the target audiences")
+        );
     }
 
     #[test]
