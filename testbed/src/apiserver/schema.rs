@@ -140,10 +140,7 @@ fn structural(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>
         if !fits {
             causes.push(Cause {
                 reason: "FieldValueTypeInvalid",
-                message: format!(
-                    "Invalid value: {}: {path} in body must be of type {want}: {actual:?}",
-                    shown(value)
-                ),
+                message: format!("Invalid value: {actual:?}: {path} in body must be of type {want}: {actual:?}"),
                 field: path.to_string(),
             });
             return;
@@ -394,7 +391,7 @@ mod tests {
                 "spec.id: Too long: may not be more than 3 bytes",
                 "spec.id: Invalid value: \"ABCD\": spec.id in body should match '^[a-z]+$'",
                 "spec.list: Too many: 2: must have at most 1 items",
-                "spec.list[1]: Invalid value: 1: spec.list[1] in body must be of type string: \"integer\"",
+                "spec.list[1]: Invalid value: \"integer\": spec.list[1] in body must be of type string: \"integer\"",
                 "spec.n: Invalid value: 6: spec.n in body should be less than or equal to 5",
             ]
         );
