@@ -201,8 +201,11 @@ async fn headless_chromium_completes_the_consent_and_renders_the_success_page() 
     let driver = ChromeDriver::start(&browser).await;
     let session = driver.session().await;
     session.go(&link).await;
-    let page = session.source().await;
-    assert!(page.contains("<h1>Authorize Confluence access</h1>"), "{page}");
+    let page = eventually("the confirmation page", || async {
+        let page = session.source().await;
+        page.contains("<h1>Authorize Confluence access</h1>").then_some(page)
+    })
+    .await;
     assert!(
         page.contains(&format!("<td>{ns}</td>")) && page.contains("<td>acme</td>"),
         "{page}"
@@ -225,7 +228,10 @@ async fn headless_chromium_completes_the_consent_and_renders_the_success_page() 
     assert_eq!(cfi.credential().unwrap().installed_by.as_deref(), Some(ADA));
     // The used link, opened again in the same browser, renders the one invalid-link page.
     session.go(&link).await;
-    assert!(session.source().await.contains("<h1>Link not valid</h1>"));
+    eventually("the invalid-link page", || async {
+        session.source().await.contains("<h1>Link not valid</h1>").then_some(())
+    })
+    .await;
     session.close().await;
     drop(operator);
 }
