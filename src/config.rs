@@ -82,6 +82,59 @@ pub struct RunArgs {
     /// Lifetime of an authorization link.
     #[arg(long, env = "LINK_TTL", default_value = "24h", value_parser = parse_duration)]
     pub link_ttl: std::time::Duration,
+    /// Sites the operator may contact (`spec.site`, tenant info), comma separated: a site must be
+    /// a DNS name strictly under one of these suffixes. Replaces the default list.
+    #[arg(
+        long,
+        env = "ALLOWED_SITE_SUFFIXES",
+        value_delimiter = ',',
+        default_values_t = crate::validation::DEFAULT_SITE_SUFFIXES.iter().map(|s| s.to_string()),
+        value_parser = parse_site_suffix
+    )]
+    pub allowed_site_suffixes: Vec<String>,
+    /// Requests per second one client may make to `/oauth/…` in the long run (0: no limit).
+    #[arg(long, env = "WEBHOOK_RATE_LIMIT", default_value_t = 2.0, value_parser = parse_rate)]
+    pub webhook_rate_limit: f64,
+    /// Requests one client may make to `/oauth/…` in a burst before the rate limit applies.
+    #[arg(long, env = "WEBHOOK_RATE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_rate_burst: u32,
+    /// Key the rate limit by the last address in `X-Forwarded-For` instead of the peer
+    /// address. Only behind a proxy that appends it (an ingress); otherwise clients choose it.
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Connections the OAuth web server holds at once; further ones are closed at once.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_connections: u32,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection waits for its next request, before it is closed.
+    #[arg(long, env = "WEBHOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_header_timeout: std::time::Duration,
+}
+
+fn parse_site_suffix(text: &str) -> Result<String, String> {
+    let suffix = text.trim().trim_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = suffix.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if labels.len() >= 2 && labels.iter().all(label_ok) {
+        Ok(suffix)
+    } else {
+        Err(format!(
+            "{text:?} is not a domain suffix with at least two labels, e.g. atlassian.net"
+        ))
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate in requests per second, e.g. 2 or 0.5")),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -50,6 +50,8 @@ pub struct Context {
     pub link_ttl: Duration,
     /// Time source.
     pub clock: Clock,
+    /// `spec.site` must be a host strictly under one of these (`--allowed-site-suffixes`).
+    pub allowed_site_suffixes: Vec<String>,
 }
 
 impl Context {
