@@ -289,17 +289,12 @@ pub fn is_known_scope(scope: &str) -> bool {
 }
 
 /// The host of a site written as `acme.atlassian.net`, `https://acme.atlassian.net` or with a
-/// trailing slash; `None` when it is not a host name.
+/// trailing slash; `None` when it is not a host name (a port is refused, as in the schema).
 pub fn site_host(site: &str) -> Option<String> {
     let host = site.strip_prefix("https://").unwrap_or(site);
     let host = host.strip_suffix('/').unwrap_or(host);
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (host, None),
-    };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-    let labels_ok = name.contains('.') && name.split('.').all(is_dns_label);
-    (port_ok && labels_ok && host.len() <= 253).then(|| host.to_string())
+    let labels_ok = host.contains('.') && host.split('.').all(is_dns_label);
+    (labels_ok && host.len() <= 253).then(|| host.to_string())
 }
 
 fn is_dns_label(label: &str) -> bool {
