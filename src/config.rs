@@ -121,7 +121,9 @@ fn parse_site_suffix(text: &str) -> Result<String, String> {
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    if labels.len() >= 2 && labels.iter().all(label_ok) {
+    // A numeric last label would make the suffix an IP address (or part of one).
+    let numeric_tld = labels.last().is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if labels.len() >= 2 && labels.iter().all(label_ok) && !numeric_tld {
         Ok(suffix)
     } else {
         Err(format!(
@@ -148,4 +150,55 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line, for log pipelines.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "confluence-auth-operator",
+            "run",
+            "--public-url",
+            "http://127.0.0.1:8080",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hardening_flags_have_safe_defaults() {
+        let args = run(&[]).unwrap();
+        assert_eq!(args.allowed_site_suffixes, ["atlassian.net", "jira.com"]);
+        assert_eq!((args.webhook_rate_limit, args.webhook_rate_burst), (2.0, 20));
+        assert!(!args.trust_forwarded_for);
+        assert_eq!(args.webhook_max_connections, 1024);
+        assert_eq!(args.webhook_header_timeout, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn allowed_site_suffixes_replace_the_defaults_and_are_normalised() {
+        let args = run(&["--allowed-site-suffixes", "Example.ORG,.corp.example.net."]).unwrap();
+        assert_eq!(args.allowed_site_suffixes, ["example.org", "corp.example.net"]);
+    }
+
+    #[test]
+    fn unsafe_values_are_refused_at_start() {
+        for bad in [
+            &["--allowed-site-suffixes", "com"][..],
+            &["--allowed-site-suffixes", "atlassian.net,"],
+            &["--allowed-site-suffixes", "10.0.0.0/8"],
+            &["--allowed-site-suffixes", "0.1"],
+            &["--webhook-rate-limit", "-1"],
+            &["--webhook-rate-limit", "NaN"],
+            &["--webhook-rate-burst", "0"],
+            &["--webhook-max-connections", "0"],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

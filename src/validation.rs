@@ -480,6 +480,19 @@ mod site_tests {
     }
 
     #[test]
+    fn only_a_pinned_site_is_checked() {
+        let policy = |site_host: Option<&str>| InstallationPolicy {
+            refresh_before: Duration::from_secs(300),
+            health_check_interval: Duration::from_secs(300),
+            site_host: site_host.map(str::to_string),
+            token_secret_name: "t".into(),
+        };
+        assert!(pinned_site_allowed(&policy(None), &defaults()).is_ok());
+        assert!(pinned_site_allowed(&policy(Some("acme.atlassian.net")), &defaults()).is_ok());
+        assert!(pinned_site_allowed(&policy(Some("10.0.0.1")), &defaults()).is_err());
+    }
+
+    #[test]
     fn configured_suffixes_replace_the_defaults() {
         let only = vec!["example.org".to_string()];
         assert!(site_allowed("wiki.example.org", &only).is_ok());
