@@ -107,8 +107,15 @@ pub struct RunArgs {
     pub webhook_max_connections: u32,
     /// How long a client may take to send a request's headers, and how long an idle
     /// keep-alive connection waits for its next request, before it is closed.
-    #[arg(long, env = "WEBHOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "WEBHOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub webhook_header_timeout: std::time::Duration,
+}
+
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("a timeout of zero would close every connection at once".into()),
+        d => Ok(d),
+    }
 }
 
 fn parse_site_suffix(text: &str) -> Result<String, String> {
@@ -197,6 +204,7 @@ mod tests {
             &["--webhook-rate-limit", "NaN"],
             &["--webhook-rate-burst", "0"],
             &["--webhook-max-connections", "0"],
+            &["--webhook-header-timeout", "0s"],
         ] {
             assert!(run(bad).is_err(), "{bad:?} was accepted");
         }

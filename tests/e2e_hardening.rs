@@ -204,11 +204,11 @@ async fn slow_and_idle_clients_are_disconnected_after_the_header_timeout() {
     let addr = webhook_addr(&operator);
 
     // Half a request head, then nothing: the server hangs up.
+    let started = tokio::time::Instant::now();
     let mut slow = TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /oauth/start/ns/cfi/name HTTP/1.1\r\nHost: op")
         .await
         .unwrap();
-    let started = tokio::time::Instant::now();
     let answer = closed_within(&mut slow, Duration::from_secs(15)).await;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
