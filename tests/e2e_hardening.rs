@@ -141,6 +141,25 @@ async fn a_site_outside_the_allowed_suffixes_is_refused_and_never_fetched() {
     assert!(env.atlassian.counters().calls(Endpoint::TenantInfo) >= 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_site_suffixes_replace_the_defaults() {
+    let (env, _operator, ns) = operator_with("suffixes", &["--allowed-site-suffixes", "example.org"]).await;
+    let cfis: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
+    service_installation(&env, &ns, "acme", "acme.atlassian.net").await;
+    let refused = eventually("acme refused", || async {
+        cfis.get("acme")
+            .await
+            .ok()
+            .filter(|o| o.credential().and_then(|c| c.phase) == Some(Phase::Failed))
+    })
+    .await;
+    let message = &conditions::find(&refused.credential().unwrap().conditions, conditions::READY)
+        .unwrap()
+        .message;
+    assert!(message.contains("(example.org)"), "{message}");
+    assert_eq!(env.atlassian.counters().calls(Endpoint::TenantInfo), 0);
+}
+
 // ---- finding 6 ------------------------------------------------------------------------------
 
 fn webhook_addr(operator: &Operator) -> String {
