@@ -105,8 +105,8 @@ pub struct RunArgs {
     /// Connections the OAuth web server holds at once; further ones are closed at once.
     #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub webhook_max_connections: u32,
-    /// How long a client may take to send a request's headers, and how long an idle
-    /// keep-alive connection waits for its next request, before it is closed.
+    /// How long a client may take to send a request's headers (and then its body), and how
+    /// long an idle keep-alive connection waits for its next request, before it is closed.
     #[arg(long, env = "WEBHOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub webhook_header_timeout: std::time::Duration,
 }

@@ -5,12 +5,15 @@
 //! - a header-read timeout: a client that has not sent a whole request head in time is
 //!   disconnected, and so is a keep-alive connection idle for as long (hyper times the wait for
 //!   the next request head the same way);
+//! - a body-read deadline: a handler reading a request body gets an error instead of waiting
+//!   on a client that trickles it;
 //! - a per-client token bucket for the paths that cost work (`/oauth/…`), answered with `429`
 //!   and `Retry-After`; memory stays bounded by evicting idle and then least recently seen
 //!   clients.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +42,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time to send a request head, and the longest idle wait of a keep-alive connection.
     pub header_timeout: Duration,
+    /// Time to send a request body, counted from when its head arrived; only matters to a
+    /// handler that reads the body.
+    pub body_timeout: Duration,
     /// The per-client rate limit, if any.
     pub rate_limit: Option<RateLimit>,
 }
@@ -165,7 +171,7 @@ pub async fn serve<S>(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<TimedBody>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -198,6 +204,7 @@ pub async fn serve<S>(
             service: service.clone(),
             peer: peer.ip(),
             rate_limit: limits.rate_limit.clone(),
+            body_timeout: limits.body_timeout,
         };
         let connection = builder.serve_connection(TokioIo::new(stream), per_request);
         let connection = graceful.watch(connection);
@@ -220,11 +227,12 @@ struct PerRequest<S> {
     service: S,
     peer: IpAddr,
     rate_limit: Option<RateLimit>,
+    body_timeout: Duration,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for PerRequest<S>
 where
-    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<TimedBody>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response;
@@ -243,10 +251,57 @@ where
             }
         }
         let mut service = self.service.clone();
+        let request = request.map(|body| TimedBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(self.body_timeout)),
+        });
         Box::pin(async move {
             std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
             service.call(request).await
         })
+    }
+}
+
+/// A request body that fails once its deadline passes before it is complete.
+pub struct TimedBody {
+    inner: Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The client did not send the body in time.
+    #[error("the request body did not arrive in time")]
+    Timeout,
+    /// The connection failed.
+    #[error(transparent)]
+    Connection(#[from] hyper::Error),
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = hyper::body::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BodyError::from))),
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Some(Err(BodyError::Timeout))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -320,6 +375,68 @@ mod tests {
         let other = limiter.client("2001:db8:1:2:bbbb::2".parse().unwrap(), &none);
         assert_eq!(one, other);
         assert_eq!(limiter.client("::ffff:192.0.2.1".parse().unwrap(), &none), A);
+    }
+
+    /// Sends `request` on a fresh connection and reads until the server closes it.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                seen.extend_from_slice(&buf[..n]);
+            }
+        });
+        read.await.expect("the server closes the connection in time");
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_trickled_body_fails_once_the_body_timeout_passes() {
+        use warp::Filter;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let route = warp::body::bytes().map(|body: hyper::body::Bytes| format!("got {} bytes", body.len()));
+        let limits = Limits {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_millis(500),
+            rate_limit: None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, warp::service(route), limits, async {
+            let _ = stopped.await;
+        }));
+
+        let whole = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n0123456789",
+        )
+        .await;
+        assert!(
+            whole.starts_with("HTTP/1.1 200") && whole.ends_with("got 10 bytes"),
+            "{whole}"
+        );
+
+        let started = Instant::now();
+        let trickled = exchange(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "answered before the deadline"
+        );
+        assert!(!trickled.contains("got "), "{trickled}");
+
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -130,11 +130,13 @@ pub async fn run(
     let webhook_limits = http_guard::Limits {
         max_connections: usize::try_from(args.webhook_max_connections).unwrap_or(usize::MAX),
         header_timeout: args.webhook_header_timeout,
+        body_timeout: args.webhook_header_timeout,
         rate_limit: limiter.map(webhook::rate_limit),
     };
     let metrics_limits = http_guard::Limits {
         max_connections: METRICS_MAX_CONNECTIONS,
         header_timeout: args.webhook_header_timeout,
+        body_timeout: args.webhook_header_timeout,
         rate_limit: None,
     };
     let web = tokio::spawn(webhook::serve(
