@@ -58,6 +58,8 @@ pub struct Context {
     pub namespaces: Vec<String>,
     /// Read a client secret only from Secrets labelled `confluence-auth.dev/client-secret=true`.
     pub require_client_secret_label: bool,
+    /// `spec.site` must be a host strictly under one of these (`--allowed-site-suffixes`).
+    pub allowed_site_suffixes: Vec<String>,
 }
 
 impl Context {

@@ -59,6 +59,15 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         namespaces: Vec::new(),
         require_client_secret_label: false,
         link_ttl: Duration::from_secs(24 * 3600),
+        allowed_site_suffixes: crate::validation::DEFAULT_SITE_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        webhook_rate_limit: 2.0,
+        webhook_rate_burst: 20,
+        trust_forwarded_for: false,
+        webhook_max_connections: 1024,
+        webhook_header_timeout: Duration::from_secs(10),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let operator_client = client.clone();

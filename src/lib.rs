@@ -11,6 +11,7 @@ pub mod crd;
 pub mod demo;
 pub mod duration;
 pub mod grant;
+pub mod http_guard;
 pub mod metrics;
 pub mod oauth;
 pub mod operator;

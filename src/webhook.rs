@@ -13,6 +13,7 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::reply::Response;
 
 use crate::context::Context;
+use crate::http_guard;
 use crate::metrics::Metrics;
 use crate::oauth::flow::{self, Answer, CallbackQuery, Page};
 
@@ -40,12 +41,14 @@ impl Readiness {
     }
 }
 
-/// Serves the webhook on `listener` until `shutdown` resolves.
+/// Serves the webhook on `listener` within `limits` (connection cap, header timeout, rate
+/// limit: `http_guard`) until `shutdown` resolves.
 pub async fn serve(
     ctx: Context,
     metrics: Metrics,
     readiness: Readiness,
     listener: tokio::net::TcpListener,
+    limits: http_guard::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let routes = warp::method()
@@ -74,7 +77,31 @@ pub async fn serve(
                 }
             },
         );
-    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+    http_guard::serve(listener, warp::service(routes), limits, shutdown).await;
+}
+
+/// The webhook's rate limit: it covers `/oauth/…` (each request there costs API reads), not
+/// the probes, and answers `429` with `Retry-After` and the security headers.
+pub fn rate_limit(limiter: http_guard::RateLimiter) -> http_guard::RateLimit {
+    http_guard::RateLimit {
+        limiter,
+        applies_to: |request| request.uri().path().starts_with("/oauth/"),
+        answer: |wait| {
+            let mut response = page(&Page {
+                status: 429,
+                title: "Too many requests".into(),
+                message: "Too many requests came from your address. Wait a moment, then open the link again.".into(),
+                set_cookie: None,
+                outcome: "rate_limited",
+            });
+            insert(
+                &mut response,
+                header::RETRY_AFTER,
+                &http_guard::retry_after_seconds(wait).to_string(),
+            );
+            response
+        },
+    }
 }
 
 /// What `handle` needs of a request.

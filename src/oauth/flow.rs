@@ -486,6 +486,7 @@ async fn grant_installation(ctx: &Context, flow: &state::FlowState, code: &str) 
         return Err(stale_link());
     }
     let policy = validation::installation(&cfi.name_any(), &cfi.spec).map_err(|e| invalid_spec(&e))?;
+    validation::pinned_site_allowed(&policy, &ctx.allowed_site_suffixes).map_err(|e| invalid_spec(&e))?;
     let credentials = credentials_of(ctx, &cfi).await?;
     let tokens = exchange(ctx, &credentials, code, flow).await?;
     let resources = ctx
@@ -616,7 +617,7 @@ fn token_set(
     TokenSet {
         access_token: tokens.access_token.clone(),
         refresh_token: tokens.refresh_token.clone(),
-        expires_at: now + jiff::SignedDuration::from_secs(tokens.expires_in as i64),
+        expires_at: tokens.expires_at(now),
         scopes: tokens.scopes(),
         cloud_id: site.id.clone(),
         site_url: site.url.clone(),

@@ -165,6 +165,9 @@ impl Operator {
             .args(["--operator-namespace", operator_namespace])
             .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
+            // The tests fire dozens of requests from one address in a second; the limiter stays
+            // on, with a burst no test reaches (a `--webhook-rate-burst` flag overrides this).
+            .env("WEBHOOK_RATE_BURST", "100000")
             .env("RUST_LOG", "info,confluence_auth_operator=debug")
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
