@@ -58,6 +58,9 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         keys_secret: "confluence-auth-operator-keys".into(),
         namespaces: Vec::new(),
         link_ttl: Duration::from_secs(24 * 3600),
+        lease_name: crate::leader::DEFAULT_LEASE_NAME.into(),
+        lease_duration: Duration::from_secs(15),
+        clock_url: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let operator_client = client.clone();
