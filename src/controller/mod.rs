@@ -89,6 +89,15 @@ impl ReconcileError {
             Self::Kube(_) => "KubernetesApi",
         }
     }
+
+    /// True when the object itself is gone (deleted while reconciling).
+    pub fn is_not_found(&self) -> bool {
+        let api = match self {
+            Self::Store(StoreError::Kube(kube::Error::Api(status))) | Self::Kube(kube::Error::Api(status)) => status,
+            _ => return false,
+        };
+        api.code == 404
+    }
 }
 
 /// Runs both controllers, over all namespaces or over each of `namespaces`, until `shutdown`
@@ -200,6 +209,13 @@ fn run_scope(
 }
 
 fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shared: Arc<Shared>) -> Action {
+    if error.is_not_found() {
+        // Deleted while reconciling: forget it (its Secrets go with it).
+        shared
+            .metrics
+            .forget(&obj.namespace().unwrap_or_default(), &K::kind(&()), &obj.name_any());
+        return Action::await_change();
+    }
     tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), category = error.category(), error = %error, "reconcile failed");
     shared.metrics.reconcile_error(K::kind(&()).as_ref(), error.category());
     Action::requeue(Duration::from_secs(5))
