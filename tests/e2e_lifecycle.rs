@@ -765,3 +765,78 @@ async fn client_credentials_are_minted_again_before_expiry() {
     }
     assert!(env.atlassian.counters().grants("client_credentials") as usize > rounds());
 }
+
+fn transient_errors(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("confluence_auth_refreshes_total{") && l.contains(r#"result="transient_error""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_outages_back_off_and_degrade_only_when_the_token_would_expire() {
+    use testbed::atlassian::{Endpoint, Fault};
+    let (env, operator, ns) = start("backoff", &[]).await;
+    env.atlassian.set_access_token_lifetime(Duration::from_secs(30));
+    let installations = installation(&env.client, &ns, "10s", "10m").await;
+    let cfi = consent(&env, &installations, "acme", ADA).await;
+    let (before, expiry) = (time(&cfi, last_refresh), time(&cfi, expires).unwrap());
+
+    // Two 429s with Retry-After: the refresh still lands before expiry, never Degraded.
+    env.atlassian
+        .fail_next(Endpoint::Token, 2, Fault::RateLimited { retry_after_secs: 2 });
+    let refreshed = within(Duration::from_secs(45), "a refresh through two 429s", || async {
+        let cfi = installations.get("acme").await.ok()?;
+        assert_ne!(
+            phase(&cfi),
+            Some(Phase::Degraded),
+            "degraded although the token was valid"
+        );
+        (time(&cfi, last_refresh) != before).then_some(cfi)
+    })
+    .await;
+    assert!(
+        time(&refreshed, last_refresh).unwrap() < expiry,
+        "refreshed after expiry"
+    );
+    assert_eq!(transient_errors(&operator.metrics().await), 2);
+
+    // A long outage: Degraded (RefreshFailed) once the next retry would come after expiry.
+    env.atlassian
+        .fail_next(Endpoint::Token, 1000, Fault::Status { status: 503 });
+    let degraded = within(Duration::from_secs(60), "Degraded with RefreshFailed", || async {
+        let cfi = installations.get("acme").await.ok()?;
+        (phase(&cfi) == Some(Phase::Degraded)).then_some(cfi)
+    })
+    .await;
+    assert_eq!(
+        condition(&degraded, conditions::READY).unwrap(),
+        ("False".into(), "RefreshFailed".into())
+    );
+    let flipped = degraded
+        .credential()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.last_transition_time.0)
+        .unwrap();
+    assert!(
+        flipped < time(&degraded, expires).unwrap(),
+        "reported before the token expired"
+    );
+    within(WAIT, "a RefreshFailed Event", || async {
+        (!events(&env.client, &ns, "acme", "RefreshFailed").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // Atlassian is back: Ready again, and a recovery Event.
+    env.atlassian.clear_faults();
+    within(Duration::from_secs(60), "Ready after the outage", || async {
+        let cfi = installations.get("acme").await.ok()?;
+        (phase(&cfi) == Some(Phase::Ready)).then_some(())
+    })
+    .await;
+    within(WAIT, "a RefreshRecovered Event", || async {
+        (!events(&env.client, &ns, "acme", "RefreshRecovered").await.is_empty()).then_some(())
+    })
+    .await;
+}
