@@ -12,6 +12,8 @@ use warp::Filter;
 use crate::config::RunArgs;
 use crate::context::{Clock, Context};
 use crate::controller::{self, Shared};
+use crate::events::Events;
+use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::oauth::atlassian::{self, AtlassianClient, Endpoints};
 use crate::vault::{KeyRing, VaultError};
@@ -44,6 +46,9 @@ pub enum StartError {
     /// The Atlassian client could not be built.
     #[error("could not build the Atlassian client: {0}")]
     Atlassian(#[from] atlassian::AtlassianError),
+    /// Leader election failed.
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
 }
 
 /// Addresses the servers actually listen on (ports may have been 0).
@@ -77,7 +82,10 @@ pub async fn run(
         atlassian,
         public_url: args.public_url.as_str().trim_end_matches('/').to_string(),
         link_ttl: args.link_ttl,
-        clock: Clock::system(),
+        clock: match &args.clock_url {
+            Some(url) => Clock::following(url.clone()),
+            None => Clock::system(),
+        },
     };
     let metrics = Metrics::default();
     let readiness = Readiness::default();
@@ -121,14 +129,38 @@ pub async fn run(
         metrics_listener,
         stopped(&stop_tx),
     ));
-    let shared = Arc::new(Shared { ctx, metrics });
-    let controllers = tokio::spawn(controller::run(shared, args.namespaces.clone(), stopped(&stop_tx)));
+    let identity = leader::identity();
+    let events = Events::new(ctx.client.clone(), &identity);
+    let lease = LeaseConfig {
+        namespace: namespace.clone(),
+        name: args.lease_name.clone(),
+        identity,
+        duration: args.lease_duration,
+    };
+    let client = ctx.client.clone();
+    let shared = Arc::new(Shared::new(ctx, metrics.clone(), events));
+    let namespaces = args.namespaces.clone();
+    let controllers = tokio::spawn(leader::run_while_leading(
+        client,
+        lease,
+        metrics,
+        stopped(&stop_tx),
+        move |stop| {
+            // Unsaved rotated token sets survive a lost term: they are written first next time.
+            controller::run(shared.clone(), namespaces.clone(), async move {
+                let _ = stop.await;
+            })
+        },
+    ));
     readiness.set_ready();
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
-    let _ = tokio::join!(web, metrics_server, controllers);
-    Ok(())
+    let (_, _, leading) = tokio::join!(web, metrics_server, controllers);
+    match leading {
+        Ok(Err(e)) => Err(StartError::Leader(e)),
+        _ => Ok(()),
+    }
 }
 
 /// `--operator-namespace`, else the service account's namespace, else the client's default.

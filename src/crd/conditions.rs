@@ -57,6 +57,16 @@ pub mod reason {
     pub const UNEXPECTED_ACCOUNT: &str = "UnexpectedAccount";
     /// Atlassian could not be reached or answered 429/5xx; the operator retries.
     pub const ATLASSIAN_UNAVAILABLE: &str = "AtlassianUnavailable";
+    /// Refreshing keeps failing and the access token expires before the next retry.
+    pub const REFRESH_FAILED: &str = "RefreshFailed";
+    /// The last health check reached the site with the current token.
+    pub const HEALTH_CHECK_PASSED: &str = "HealthCheckPassed";
+    /// A fresh grant proved the site reachable (counts as a health check).
+    pub const FRESH_GRANT: &str = "FreshGrant";
+    /// The refresh token passed its 365-day limit: someone must consent again.
+    pub const REFRESH_TOKEN_EXPIRED: &str = "RefreshTokenExpired";
+    /// A Secret name is taken by an object this resource does not own.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
 }
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` unless the status flips.
