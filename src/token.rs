@@ -64,8 +64,11 @@ impl Facts {
 
     /// True when the grant is newer than the last health check: the consent itself proved the
     /// site was reachable, so it counts as a successful check (and is announced once).
+    ///
+    /// Compared in whole seconds: Kubernetes stores `lastHealthCheckTime` without fractions.
     pub fn fresh_grant(&self) -> bool {
-        self.last_health_check.is_none_or(|t| t < self.consented_at)
+        self.last_health_check
+            .is_none_or(|t| t.as_second() < self.consented_at.as_second())
     }
 }
 

@@ -80,7 +80,13 @@ pub async fn keep_alive<K: CredentialResource>(
     }
     // A resource Atlassian refused stays refused until someone consents (the callback then
     // writes a new grant and phase Ready).
-    if obj.credential().and_then(|s| s.phase) == Some(Phase::Revoked) && refreshed.is_none() {
+    let revoked_at = obj
+        .credential()
+        .filter(|s| s.phase == Some(Phase::Revoked))
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.last_transition_time.0);
+    // A grant newer than the revocation is a new consent (the callback stored it).
+    if revoked_at.is_some_and(|at| tokens.consented_at <= at) && refreshed.is_none() {
         let why = obj
             .credential()
             .and_then(|s| conditions::find(&s.conditions, conditions::READY))
@@ -392,7 +398,8 @@ async fn report<K: CredentialResource>(
     let ctx = &shared.ctx;
     let now = ctx.clock.now();
     let link = new_link(ctx, obj, now);
-    let fresh_grant = facts_of(obj, tokens).fresh_grant();
+    // Decided on the object as re-read for the write (the cache may lag behind).
+    let announced = std::sync::atomic::AtomicBool::new(false);
     let tokens_meta = (
         tokens.expires_at,
         tokens.scopes.clone(),
@@ -408,6 +415,11 @@ async fn report<K: CredentialResource>(
         let status = obj.credential_mut();
         let (expires, scopes, cloud_id, site_url, consented) = &tokens_meta;
         let current = *expires > now;
+        let fresh_grant = status
+            .last_health_check_time
+            .as_ref()
+            .is_none_or(|t| t.0.as_second() < consented.as_second());
+        announced.store(fresh_grant && health.is_none(), std::sync::atomic::Ordering::Relaxed);
         status.secret_name = Some(secret_name.clone());
         status.access_token_expires_at = Some(Time(*expires));
         status.granted_scopes = Some(scopes.clone());
@@ -505,7 +517,7 @@ async fn report<K: CredentialResource>(
         }
     })
     .await?;
-    if fresh_grant && health.is_none() {
+    if announced.load(std::sync::atomic::Ordering::Relaxed) {
         let account = tokens.account_id.clone();
         let note = format!("Atlassian account {account} authorized access to {}", tokens.site_url);
         shared

@@ -235,6 +235,21 @@ async fn write_status<K: CredentialResource>(
     })
     .await?;
     let before = lock(&before).take();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let fields = |s: Option<&CredentialStatus>| match s.map(serde_json::to_value) {
+            Some(Ok(serde_json::Value::Object(map))) => map,
+            _ => serde_json::Map::new(),
+        };
+        let (old, new) = (fields(before.as_ref()), fields(updated.credential()));
+        let changed: Vec<&String> = new
+            .keys()
+            .chain(old.keys())
+            .filter(|k| old.get(*k) != new.get(*k))
+            .collect();
+        if !changed.is_empty() {
+            tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), ?changed, "status written");
+        }
+    }
     if let Some(after) = updated.credential() {
         shared.events.publish_changes(&updated, before.as_ref(), after).await;
         observe(shared, &updated);
