@@ -147,10 +147,11 @@ fn explained_fields(text: &str) -> Vec<(String, bool)> {
             if let Some((name, _type)) = entry.split_once('\t') {
                 fields.push((name.to_string(), false));
             }
-        } else if line.starts_with("    ") && !line.trim().is_empty() {
-            if let Some(last) = fields.last_mut() {
-                last.1 = true;
-            }
+        } else if line.starts_with("    ")
+            && !line.trim().is_empty()
+            && let Some(last) = fields.last_mut()
+        {
+            last.1 = true;
         }
     }
     fields
