@@ -38,6 +38,14 @@ pub struct DemoArgs {
     /// Stop once both credentials are Ready instead of running until Ctrl-C.
     #[arg(long)]
     pub exit_when_ready: bool,
+    /// Also show the operator's INFO log lines (stderr); by default only warnings and errors
+    /// (`RUST_LOG` overrides both).
+    #[arg(long)]
+    pub operator_logs: bool,
+    /// Start even when another operator holds the default Lease in the cluster (it must not
+    /// watch the `demo` namespace).
+    #[arg(long)]
+    pub ignore_running_operator: bool,
 }
 
 /// Flags of `run` (DESIGN.md section 4). The cluster comes from `KUBECONFIG` or the in-cluster

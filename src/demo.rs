@@ -2,9 +2,16 @@
 //! cluster it starts the embedded test control plane (testbed API server); Atlassian is always
 //! the testbed stand-in. It applies the CRDs and the examples, runs the operator, walks the
 //! browser consent for the installation and for a user, and shows what pods would mount.
+//!
+//! On a configured cluster it stays in its namespace: its operator watches only `demo`, keeps its
+//! keys Secret and its Lease there under names of its own, installs the CRDs only when they are
+//! missing, and refuses to start while another operator holds the default Lease (unless
+//! `--ignore-running-operator`), since both would then reconcile `demo`.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -12,7 +19,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::ApiResource;
 use kube::{Client, Config, ResourceExt};
 use testbed::apiserver::ApiServer;
-use testbed::atlassian::StandIn;
+use testbed::atlassian::{
+    DEMO_ADMIN_ACCOUNT_ID, DEMO_ADMIN_NAME, DEMO_CLIENT_ID, DEMO_USER_ACCOUNT_ID, DEMO_USER_NAME, StandIn,
+};
 
 use crate::config::{DemoArgs, RunArgs};
 use crate::crd::{
@@ -25,10 +34,13 @@ type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const NAMESPACE: &str = "demo";
 /// Lifetime of the stand-in's access tokens in the demo.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
-const OPERATOR_NAMESPACE: &str = "confluence-auth-system";
-/// The stand-in demo world's admin ("Ada Admin", sites acme and globex) and user ("Bob User").
-const ADMIN_ACCOUNT: &str = "557058:aaaaaaaa-0000-4000-8000-000000000001";
-const USER_ACCOUNT: &str = "557058:bbbbbbbb-0000-4000-8000-000000000002";
+/// The demo's operator keeps its keys Secret and its Lease in the demo namespace too: on a
+/// real cluster nothing outside `demo` is written (besides missing CRDs).
+const OPERATOR_NAMESPACE: &str = NAMESPACE;
+/// The demo operator's keys Secret, named apart from a real operator's.
+const KEYS_SECRET: &str = "confluence-auth-demo-keys";
+/// The demo operator's Lease, named apart from a real operator's default Lease.
+const LEASE_NAME: &str = "confluence-auth-demo";
 const EXAMPLES: [(&str, &str); 3] = [
     ("client-secret.yaml", include_str!("../examples/client-secret.yaml")),
     ("installation.yaml", include_str!("../examples/installation.yaml")),
@@ -42,6 +54,14 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     let client = Client::try_from(
         Config::from_custom_kubeconfig(Kubeconfig::read_from(&kubeconfig)?, &KubeConfigOptions::default()).await?,
     )?;
+    say(&format!(
+        "this demo touches only namespace `{NAMESPACE}`: its operator watches only `{NAMESPACE}` and keeps \
+         its keys Secret `{KEYS_SECRET}` and Lease `{LEASE_NAME}` there; the CRDs are installed only if \
+         missing; nothing else in the cluster is changed (`kubectl delete namespace {NAMESPACE}` removes it all)"
+    ));
+    if !args.ignore_running_operator {
+        refuse_if_an_operator_runs(&client).await?;
+    }
     let atlassian = StandIn::demo_world().await?;
     say(&format!("Atlassian stand-in at {}", atlassian.url()));
 
@@ -61,6 +81,8 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         TOKEN_LIFETIME.as_secs()
     ));
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // The stand-in, like Atlassian, accepts only exactly registered callback URLs.
+    atlassian.add_callback(DEMO_CLIENT_ID, &format!("http://127.0.0.1:{port}/oauth/callback"));
     let run_args = RunArgs {
         public_url: format!("http://127.0.0.1:{port}").parse()?,
         atlassian_auth_url: atlassian.url().parse()?,
@@ -73,8 +95,8 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         webhook_addr: format!("127.0.0.1:{port}").parse()?,
         metrics_addr: "127.0.0.1:0".parse()?,
         operator_namespace: Some(OPERATOR_NAMESPACE.into()),
-        keys_secret: "confluence-auth-operator-keys".into(),
-        namespaces: Vec::new(),
+        keys_secret: KEYS_SECRET.into(),
+        namespaces: vec![NAMESPACE.into()],
         require_client_secret_label: false,
         link_ttl: Duration::from_secs(24 * 3600),
         allowed_site_suffixes: crate::validation::DEFAULT_SITE_SUFFIXES
@@ -86,7 +108,7 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         trust_forwarded_for: false,
         webhook_max_connections: 1024,
         webhook_header_timeout: Duration::from_secs(10),
-        lease_name: crate::leader::DEFAULT_LEASE_NAME.into(),
+        lease_name: LEASE_NAME.into(),
         lease_duration: Duration::from_secs(15),
         clock_url: None,
     };
@@ -113,11 +135,28 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     say(&format!(
         "ConfluenceInstallation demo/acme is AwaitingAuthorization; its link:\n    {link}"
     ));
-    say("consenting as the stand-in's admin \"Ada Admin\" (a browser would open that link)...");
-    atlassian.consent_as(ADMIN_ACCOUNT);
+    say(&format!(
+        "an admin of acme.atlassian.net opens that link: consenting as the stand-in's admin \"{DEMO_ADMIN_NAME}\"..."
+    ));
+    atlassian.consent_as(DEMO_ADMIN_ACCOUNT_ID);
     browse(&link).await?;
-    wait_for(&installations, "acme", ready).await?;
-    say("ConfluenceInstallation demo/acme is Ready");
+    let installation = wait_for(&installations, "acme", ready).await?;
+    let installed_by = installation
+        .credential()
+        .and_then(|s| s.installed_by.clone())
+        .unwrap_or_default();
+    say(&format!(
+        "ConfluenceInstallation demo/acme is Ready: installed by {} ({installed_by}) for {}",
+        if installed_by == DEMO_ADMIN_ACCOUNT_ID {
+            DEMO_ADMIN_NAME
+        } else {
+            "another account"
+        },
+        installation
+            .credential()
+            .and_then(|s| s.site_url.clone())
+            .unwrap_or_default(),
+    ));
 
     let user_link = wait_for(&users, "alice", |c| {
         c.credential().and_then(|s| s.authorization_url.clone())
@@ -126,10 +165,19 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     say(&format!(
         "ConfluenceUserAuth demo/alice is AwaitingAuthorization; its link:\n    {user_link}"
     ));
-    atlassian.consent_as(USER_ACCOUNT);
+    say(&format!(
+        "Alice opens her link: consenting as the stand-in's user \"{DEMO_USER_NAME}\"..."
+    ));
+    atlassian.consent_as(DEMO_USER_ACCOUNT_ID);
     browse(&user_link).await?;
-    wait_for(&users, "alice", ready).await?;
-    say("ConfluenceUserAuth demo/alice is Ready");
+    let user = wait_for(&users, "alice", ready).await?;
+    let status = user.status.as_ref();
+    say(&format!(
+        "ConfluenceUserAuth demo/alice is Ready: consented by {} ({}), user id {}",
+        status.and_then(|s| s.display_name.clone()).unwrap_or_default(),
+        status.and_then(|s| s.account_id.clone()).unwrap_or_default(),
+        user.spec.user_id,
+    ));
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let token = secrets.get("alice-token").await?;
@@ -178,23 +226,31 @@ async fn install(client: &Client) -> DemoResult<()> {
     let apply = PatchParams::apply("confluence-auth-demo").force();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for definition in crd::all() {
+        // A cluster's own CRDs (maybe a newer version) are not the demo's to change.
+        if crds.get_opt(&definition.name_any()).await?.is_some() {
+            say(&format!(
+                "CRD {} is already installed: left as it is",
+                definition.name_any()
+            ));
+            continue;
+        }
         crds.patch(&definition.name_any(), &apply, &Patch::Apply(&definition))
             .await?;
+        established(&crds, &definition.name_any()).await?;
+        say(&format!("installed CRD {}", definition.name_any()));
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for name in [NAMESPACE, OPERATOR_NAMESPACE] {
-        let ns = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(NAMESPACE.into()),
             ..Default::default()
-        };
-        match namespaces.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        },
+        ..Default::default()
+    };
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => return Err(e.into()),
     }
     for (file, yaml) in EXAMPLES {
         let object: DynamicObject = serde_yaml_ng::from_str(yaml)?;
@@ -209,6 +265,25 @@ async fn install(client: &Client) -> DemoResult<()> {
         say(&format!("applied examples/{file}"));
     }
     Ok(())
+}
+
+/// Waits until a new CRD is `Established` (a real server serves its kind only then).
+async fn established(crds: &Api<CustomResourceDefinition>, name: &str) -> DemoResult<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let crd = crds.get(name).await?;
+        let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+        if conditions
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("CRD {name} was not Established within 30s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Follows a start link as a browser would: the confirmation page, its button, Atlassian's
@@ -284,8 +359,8 @@ fn location(response: &reqwest::Response) -> DemoResult<String> {
         .to_string())
 }
 
-fn ready<K: CredentialResource>(obj: &K) -> Option<()> {
-    (obj.credential().and_then(|s| s.phase) == Some(Phase::Ready)).then_some(())
+fn ready<K: CredentialResource>(obj: &K) -> Option<K> {
+    (obj.credential().and_then(|s| s.phase) == Some(Phase::Ready)).then(|| obj.clone())
 }
 
 async fn wait_for<K: CredentialResource, T>(
@@ -305,8 +380,52 @@ async fn wait_for<K: CredentialResource, T>(
     }
 }
 
+/// One line of the demo's story on stdout: `==> ` first, bold on a terminal, so it stands out
+/// from the operator's log lines (stderr).
 fn say(line: &str) {
-    println!("demo: {line}");
+    if std::io::stdout().is_terminal() {
+        println!("\x1b[1;36m==>\x1b[0m \x1b[1m{line}\x1b[0m");
+    } else {
+        println!("==> {line}");
+    }
+}
+
+/// Stops the demo when an operator already holds the default Lease somewhere in the cluster:
+/// it would reconcile the demo's resources too, against real Atlassian.
+async fn refuse_if_an_operator_runs(client: &Client) -> DemoResult<()> {
+    let leases: Api<Lease> = Api::all(client.clone());
+    let list = match leases.list(&Default::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            say("could not list Leases (forbidden): not checking for a running operator");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let now = jiff::Timestamp::now();
+    for lease in list
+        .items
+        .iter()
+        .filter(|l| l.name_any() == crate::leader::DEFAULT_LEASE_NAME)
+    {
+        let Some(spec) = &lease.spec else { continue };
+        let Some(holder) = spec.holder_identity.as_deref().filter(|h| !h.is_empty()) else {
+            continue;
+        };
+        let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
+        let valid_for = jiff::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
+        if renewed.is_some_and(|t| t + valid_for > now) {
+            return Err(format!(
+                "an operator already runs in this cluster: {holder} holds the Lease {}/{}. Its \
+                 controllers may watch namespace `{NAMESPACE}` too and would fight the demo's for the \
+                 demo resources; stop it, or pass --ignore-running-operator if it watches other namespaces only",
+                lease.namespace().unwrap_or_default(),
+                lease.name_any(),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// What one line of the lifecycle log compares.

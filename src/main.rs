@@ -8,7 +8,12 @@ use confluence_auth_operator::{crd, demo, operator, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The demo's own lines are the story; the operator's INFO lines only with `--operator-logs`.
+    let default_filter = match &cli.command {
+        Command::Demo(args) if !args.operator_logs => "warn",
+        _ => "info",
+    };
+    telemetry::init(cli.log_format, default_filter);
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Crd { out_dir: None } => {
             print!("{}", crd::render_all());

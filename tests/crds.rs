@@ -46,7 +46,38 @@ fn crd_files_are_exactly_the_two_kinds() {
 
 #[test]
 fn both_kinds_carry_the_names_columns_and_subresource_the_design_fixes() {
-    for (definition, short) in crd::all().iter().zip(["cfi", "cfua"]) {
+    let columns_of = [
+        (
+            "cfi",
+            vec![
+                ("Ready", 0),
+                ("Phase", 0),
+                ("Site", 0),
+                ("Expires", 0),
+                ("Age", 0),
+                ("Grant", 1),
+                ("Next Refresh", 1),
+                ("Refresh Token Expires", 1),
+            ],
+        ),
+        (
+            "cfua",
+            vec![
+                ("Ready", 0),
+                ("Phase", 0),
+                ("Site", 0),
+                ("Account", 0),
+                ("Expires", 0),
+                ("Age", 0),
+                ("Installation", 1),
+                ("User", 1),
+                ("Account ID", 1),
+                ("Next Refresh", 1),
+                ("Refresh Token Expires", 1),
+            ],
+        ),
+    ];
+    for (definition, (short, expected_columns)) in crd::all().iter().zip(columns_of) {
         assert_eq!(definition.spec.group, "confluence-auth.dev");
         assert_eq!(definition.spec.scope, "Namespaced");
         assert_eq!(
@@ -59,13 +90,22 @@ fn both_kinds_carry_the_names_columns_and_subresource_the_design_fixes() {
         );
         let version = &definition.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        let columns: Vec<&str> = version
-            .additional_printer_columns
+        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().collect();
+        let names: Vec<(&str, i32)> = columns
             .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
+            .map(|c| (c.name.as_str(), c.priority.unwrap_or(0)))
             .collect();
-        assert_eq!(columns, ["Phase", "Site", "Expires", "Age"]);
+        assert_eq!(names, expected_columns, "{short}");
+        // A `date` column prints the time since an instant; a future instant (an expiry) would
+        // read `<invalid>` on a real server. Only the creation time may be a date.
+        for c in &columns {
+            assert_eq!(
+                c.type_ == "date",
+                c.json_path == ".metadata.creationTimestamp",
+                "{short} column {}",
+                c.name
+            );
+        }
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
     }
 }

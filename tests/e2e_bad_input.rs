@@ -495,14 +495,22 @@ async fn refused_grants_store_no_credential_and_say_why() {
         env.kubectl_ok(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
     };
 
-    // A grant covering several sites, with no spec.site to pick one.
+    // A Ready installation: Ada Admin consents for acme (one consent, one site).
+    apply(repo_text("examples/installation.yaml"));
+    let acme_link = link_of(&installations, "acme").await;
+    env.atlassian.consent_as(ADA);
+    assert_eq!(Browser::new().authorize(&acme_link).await.status, 200);
+    ready(&installations, "acme").await;
+
+    // Ada consents again, for globex: her grant now covers several sites (as on Atlassian, from
+    // several consents), and an installation with no spec.site cannot pick one.
     apply(
         repo_text("examples/installation.yaml")
             .replace("name: acme", "name: multi")
             .replace("  site: acme.atlassian.net\n", ""),
     );
     let link = link_of(&installations, "multi").await;
-    env.atlassian.consent_as(ADA);
+    env.atlassian.consent_site_next("globex.atlassian.net");
     let before = secrets_only(&snapshot(&env, &ns).await);
     let page = Browser::new().authorize(&link).await;
     assert_eq!(page.status, 403, "{}", page.body);
@@ -521,17 +529,12 @@ async fn refused_grants_store_no_credential_and_say_why() {
     );
     assert!(authorized.message.contains("set spec.site"), "{}", authorized.message);
 
-    // A Ready installation, then users who may not hold a credential in it.
-    apply(repo_text("examples/installation.yaml"));
-    let acme_link = link_of(&installations, "acme").await;
-    assert_eq!(Browser::new().authorize(&acme_link).await.status, 200);
-    ready(&installations, "acme").await;
-
+    // Users who may not hold a credential in the Ready installation.
     let refusals = [
         (
             "wrong-account",
             format!("  expectedAccountId: \"{ADA}\"\n"),
-            BOB,
+            ALICE,
             403,
             "reserved for another Atlassian account",
             "UnexpectedAccount",
@@ -573,7 +576,7 @@ async fn refused_grants_store_no_credential_and_say_why() {
     // One grant per Atlassian account per installation.
     apply(repo_text("examples/user-auth.yaml"));
     let alice = link_of(&users, "alice").await;
-    env.atlassian.consent_as(BOB);
+    env.atlassian.consent_as(ALICE);
     assert_eq!(Browser::new().authorize(&alice).await.status, 200);
     ready(&users, "alice").await;
     apply(repo_text("examples/user-auth.yaml").replace("name: alice", "name: alice-again"));

@@ -160,15 +160,15 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
         user_link.contains(&format!("/oauth/start/{ns}/user/alice?nonce=")),
         "{user_link}"
     );
-    env.atlassian.consent_as(BOB);
+    env.atlassian.consent_as(ALICE);
     let page = Browser::new().authorize(&user_link).await;
     pages.push(page.body.clone());
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.body.contains("Bob User"), "{}", page.body);
+    assert!(page.body.contains("Alice Example"), "{}", page.body);
     let alice = ready(&users, "alice").await;
     let status = alice.status.as_ref().unwrap();
-    assert_eq!(status.account_id.as_deref(), Some(BOB));
-    assert_eq!(status.display_name.as_deref(), Some("Bob User"));
+    assert_eq!(status.account_id.as_deref(), Some(ALICE));
+    assert_eq!(status.display_name.as_deref(), Some("Alice Example"));
     assert_eq!(status.bound_installation.as_deref(), Some("acme"));
     assert_eq!(status.credential.cloud_id.as_deref(), Some(ACME_CLOUD_ID));
     assert!(conditions::is_true(
@@ -176,7 +176,7 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
         conditions::INSTALLATION_READY
     ));
     let alice_token = text(&secrets.get("alice-token").await.unwrap());
-    assert_eq!(alice_token["account_id"], BOB);
+    assert_eq!(alice_token["account_id"], ALICE);
     assert_eq!(
         secrets.get("alice-vault").await.unwrap().labels()["confluence-auth.dev/owner-kind"],
         "ConfluenceUserAuth"

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{CredentialStatus, DEFAULT_INTERVAL, SecretKeyRef};
 use crate::validation::{messages, schema};
 
-/// Spec of a `ConfluenceInstallation`.
+/// The Atlassian app and how its credential is obtained: grant type, client id and secret,
+/// scopes, site and refresh timing.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "confluence-auth.dev",
@@ -17,10 +18,16 @@ use crate::validation::{messages, schema};
     shortname = "cfi",
     category = "confluence-auth",
     status = "ConfluenceInstallationStatus",
+    // READY first, as cert-manager does. Instants in the future print as RFC 3339 strings: a
+    // `date` column is an age, and a real API server renders a future one as `<invalid>`.
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Site","type":"string","jsonPath":".status.siteUrl"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.accessTokenExpiresAt"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.accessTokenExpiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Grant","type":"string","jsonPath":".spec.grant","priority":1}"#,
+    printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.nextRefreshTime","priority":1}"#,
+    printcolumn = r#"{"name":"Refresh Token Expires","type":"string","jsonPath":".status.refreshTokenExpiresAt","priority":1}"#,
     doc = "An Atlassian OAuth 2.0 (3LO) app installed into one Confluence Cloud site."
 )]
 #[x_kube(
@@ -83,7 +90,8 @@ pub enum GrantType {
     ClientCredentials,
 }
 
-/// Status of a `ConfluenceInstallation`.
+/// What the operator observed: the phase, the authorization link, the site, the token's expiry
+/// and the conditions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfluenceInstallationStatus {

@@ -25,6 +25,39 @@ pub const DEFAULT_INTERVAL: &str = "15m";
 /// Both CRDs, in the order `crd` prints them.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![ConfluenceInstallation::crd(), ConfluenceUserAuth::crd()]
+        .into_iter()
+        .map(unwrap_descriptions)
+        .collect()
+}
+
+/// `///` comments wrap at 100 columns; `kubectl explain` re-wraps text itself, so a line
+/// break inside a paragraph would show as a ragged break. Joins them (blank lines stay).
+fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = text
+                                .split("\n\n")
+                                .map(|paragraph| paragraph.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                                .collect::<Vec<_>>()
+                                .join("\n\n");
+                        }
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// A key in a Secret of the resource's namespace.
@@ -38,7 +71,8 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// Where a credential stands; `kubectl get` shows it as the `Phase` column.
+/// Where the credential stands: `AwaitingAuthorization`, `Ready`, `Refreshing`, `Degraded`,
+/// `Revoked` or `Failed` (the `PHASE` column of `kubectl get`; the conditions say why).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
 pub enum Phase {
     /// No usable credential yet: open `status.authorizationUrl` to consent.
@@ -82,28 +116,28 @@ pub struct CredentialStatus {
     /// URL of the site, e.g. `https://acme.atlassian.net`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_url: Option<String>,
-    /// Name of the site.
+    /// Display name of the site, e.g. `acme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_name: Option<String>,
     /// Atlassian account id of whoever consented (for client credentials: the service account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_by: Option<String>,
-    /// Scopes Atlassian granted.
+    /// Scopes Atlassian granted (can be fewer than requested).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_scopes: Option<Vec<String>>,
-    /// When the current access token expires.
+    /// When the access token in the token Secret expires (RFC 3339, the `EXPIRES` column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token_expires_at: Option<Time>,
     /// When the refresh token dies whatever happens (first consent + 365 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_expires_at: Option<Time>,
-    /// Last successful refresh.
+    /// When the access token was last refreshed successfully.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refresh_time: Option<Time>,
-    /// When the next refresh is planned.
+    /// When the operator plans the next refresh (ahead of `accessTokenExpiresAt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_refresh_time: Option<Time>,
-    /// Last health check.
+    /// When the credential was last checked against Atlassian (its accessible resources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_health_check_time: Option<Time>,
     /// Name of the Secret holding the access token.
@@ -142,12 +176,12 @@ fn conditions_schema(_: &mut SchemaGenerator) -> Schema {
             "type": "object",
             "required": ["type", "status", "lastTransitionTime", "reason", "message"],
             "properties": {
-                "type": {"type": "string", "description": "Condition type, e.g. Ready."},
-                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "type": {"type": "string", "description": "Condition type: Ready, Authorized, Healthy, ReauthorizationDue or InstallationReady."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "Whether the condition holds: True, False or Unknown."},
                 "reason": {"type": "string", "description": "CamelCase reason for the last transition."},
-                "message": {"type": "string", "description": "Human-readable detail."},
-                "lastTransitionTime": {"type": "string", "format": "date-time"},
-                "observedGeneration": {"type": "integer", "format": "int64"}
+                "message": {"type": "string", "description": "Human-readable detail: what happened and what to do about it."},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When status last changed (not when the condition was last checked)."},
+                "observedGeneration": {"type": "integer", "format": "int64", "description": "The metadata.generation the condition was set for."}
             }
         }
     })

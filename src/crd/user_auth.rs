@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{CredentialStatus, installation::ConfluenceInstallationSpec};
 use crate::validation::{messages, schema};
 
-/// Spec of a `ConfluenceUserAuth`.
+/// What one user authorizes: the installation, the application's user id, and optionally
+/// narrower scopes, the expected Atlassian account and refresh timing.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "confluence-auth.dev",
@@ -17,10 +18,19 @@ use crate::validation::{messages, schema};
     shortname = "cfua",
     category = "confluence-auth",
     status = "ConfluenceUserAuthStatus",
+    // READY first, as cert-manager does. Instants in the future print as RFC 3339 strings: a
+    // `date` column is an age, and a real API server renders a future one as `<invalid>`.
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Site","type":"string","jsonPath":".status.siteUrl"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.accessTokenExpiresAt"}"#,
+    printcolumn = r#"{"name":"Account","type":"string","jsonPath":".status.displayName"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.accessTokenExpiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Installation","type":"string","jsonPath":".spec.installationRef.name","priority":1}"#,
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.userId","priority":1}"#,
+    printcolumn = r#"{"name":"Account ID","type":"string","jsonPath":".status.accountId","priority":1}"#,
+    printcolumn = r#"{"name":"Next Refresh","type":"string","jsonPath":".status.nextRefreshTime","priority":1}"#,
+    printcolumn = r#"{"name":"Refresh Token Expires","type":"string","jsonPath":".status.refreshTokenExpiresAt","priority":1}"#,
     doc = "One user's Confluence Cloud authorization inside a ConfluenceInstallation."
 )]
 #[serde(rename_all = "camelCase")]
@@ -64,7 +74,8 @@ pub struct InstallationRef {
     pub name: String,
 }
 
-/// Status of a `ConfluenceUserAuth`.
+/// What the operator observed: the phase, the authorization link, the site and account, the
+/// token's expiry and the conditions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfluenceUserAuthStatus {
@@ -74,7 +85,7 @@ pub struct ConfluenceUserAuthStatus {
     /// Atlassian account id of the user who consented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    /// Display name of that account.
+    /// Atlassian display name of the account that consented.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     /// The installation the credential was granted under (guards `installationRef` where the

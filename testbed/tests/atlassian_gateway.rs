@@ -49,6 +49,7 @@ fn person(id: &str, sites: &[&str]) -> Account {
 }
 
 /// A stand-in with app `app`, sites acme and globex, Ada (both sites), Bob (acme), a guest.
+/// A consent grants the account's first site unless the test picks another.
 async fn world() -> StandIn {
     let s = StandIn::start().await.expect("start");
     s.freeze_clock();
@@ -129,14 +130,41 @@ fn unauthorized() -> (StatusCode, Value) {
     )
 }
 
+/// One consent grants one site (the consent screen's "Use app on"), as on Atlassian: Ada's
+/// tokens cover both of her sites only once she has consented for each.
 #[tokio::test]
-async fn accessible_resources_list_the_sites_of_the_consenting_account() {
+async fn accessible_resources_list_the_sites_the_account_consented_for() {
     let s = world().await;
     let url = format!("{}/oauth/token/accessible-resources", s.url());
     let ada = grant(&s, "ada", SCOPES).await;
     assert_eq!(
         get(url.clone(), Some(&ada)).await,
-        (StatusCode::OK, json!([resource(&acme()), resource(&globex())]))
+        (StatusCode::OK, json!([resource(&acme())]))
+    );
+    s.consent_site_next("globex.atlassian.net");
+    let ada_again = grant(&s, "ada", SCOPES).await;
+    for token in [&ada, &ada_again] {
+        assert_eq!(
+            get(url.clone(), Some(token)).await,
+            (StatusCode::OK, json!([resource(&acme()), resource(&globex())]))
+        );
+    }
+    // A site the account cannot use is not on offer.
+    s.consent_as("bob");
+    s.consent_site_next("globex.atlassian.net");
+    let mut refused = url::Url::parse(&format!("{}/authorize", s.url())).expect("url");
+    refused.query_pairs_mut().extend_pairs([
+        ("audience", "api.atlassian.com"),
+        ("client_id", "app"),
+        ("scope", SCOPES),
+        ("redirect_uri", CB),
+        ("response_type", "code"),
+    ]);
+    let resp = http().get(refused).send().await.expect("authorize");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json"),
+        json!({"error": "invalid_request", "error_description": "The account cannot use the site globex.atlassian.net"})
     );
     let bob = grant(&s, "bob", SCOPES).await;
     assert_eq!(
@@ -253,6 +281,8 @@ async fn user_revocation_kills_every_token_of_that_account_and_app() {
 async fn removing_the_app_from_a_site_drops_that_site() {
     let s = world().await;
     let ada = grant(&s, "ada", SCOPES).await;
+    s.consent_site_next("globex.atlassian.net");
+    grant(&s, "ada", SCOPES).await;
     s.remove_app_from_site("app", "acme.atlassian.net");
     assert_eq!(
         get(format!("{}/oauth/token/accessible-resources", s.url()), Some(&ada)).await,
@@ -488,6 +518,7 @@ async fn demo_world_serves_the_operator_demo() {
     let s = StandIn::demo_world().await.expect("start");
     let mut url = url::Url::parse(&format!("{}/authorize", s.url())).expect("url");
     let cb = "http://127.0.0.1:8080/oauth/callback";
+    assert!(s.add_callback(DEMO_CLIENT_ID, cb));
     url.query_pairs_mut().extend_pairs([
         ("audience", "api.atlassian.com"),
         ("client_id", DEMO_CLIENT_ID),

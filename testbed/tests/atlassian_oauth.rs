@@ -513,6 +513,7 @@ async fn the_optional_consent_page_lets_a_person_pick_and_decide() {
 #[tokio::test]
 async fn a_withheld_offline_access_yields_no_refresh_token() {
     let standin = testbed::atlassian::StandIn::demo_world().await.unwrap();
+    assert!(standin.add_callback("demo-client", "http://127.0.0.1:1/oauth/callback"));
     standin.withhold_scope_next("offline_access");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -542,4 +543,49 @@ async fn a_withheld_offline_access_yields_no_refresh_token() {
         .unwrap();
     assert!(token.get("refresh_token").is_none(), "{token}");
     assert_eq!(token["scope"], "read:me");
+}
+
+/// Atlassian compares `redirect_uri` with the app's registered callback URLs exactly: no
+/// wildcard, not even for another loopback port. The demo world's app starts with none.
+#[tokio::test]
+async fn callback_urls_match_exactly_even_on_loopback() {
+    let s = StandIn::demo_world().await.expect("start");
+    let registered = "http://127.0.0.1:8080/oauth/callback";
+    let ask = |redirect_uri: &'static str| {
+        let url = s.url();
+        async move {
+            let mut u = url::Url::parse(&format!("{url}/authorize")).expect("url");
+            u.query_pairs_mut().extend_pairs([
+                ("audience", "api.atlassian.com"),
+                ("client_id", "demo-client"),
+                ("scope", "read:me offline_access"),
+                ("redirect_uri", redirect_uri),
+                ("state", "s"),
+                ("response_type", "code"),
+            ]);
+            http().get(u).send().await.expect("authorize").status()
+        }
+    };
+    assert_eq!(ask(registered).await, StatusCode::BAD_REQUEST, "nothing registered yet");
+    assert!(s.add_callback("demo-client", registered));
+    assert!(!s.add_callback("no-such-app", registered));
+    assert_eq!(ask(registered).await, StatusCode::FOUND);
+    for near_miss in [
+        "http://127.0.0.1:8081/oauth/callback",
+        "http://127.0.0.1/oauth/callback",
+        "http://localhost:8080/oauth/callback",
+        "http://127.0.0.1:8080/oauth/callback/",
+        "http://127.0.0.1:8080/oauth/callback?next=1",
+    ] {
+        assert_eq!(ask(near_miss).await, StatusCode::BAD_REQUEST, "{near_miss}");
+    }
+    // The same through the HTTP control API (what `testbed serve` users call).
+    let resp = http()
+        .post(format!("{}/_testbed/callbacks", s.url()))
+        .json(&json!({"client_id": "demo-client", "redirect_uri": "http://127.0.0.1:8081/oauth/callback"}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(ask("http://127.0.0.1:8081/oauth/callback").await, StatusCode::FOUND);
 }

@@ -16,9 +16,11 @@ use testbed::atlassian::StandIn;
 
 /// Every wait gives up after this long.
 pub const WAIT: Duration = Duration::from_secs(30);
-/// Demo world accounts of the stand-in.
+/// Demo world accounts of the stand-in: Ada Admin (acme and globex) and Alice Example (acme).
 pub const ADA: &str = "557058:aaaaaaaa-0000-4000-8000-000000000001";
-pub const BOB: &str = "557058:bbbbbbbb-0000-4000-8000-000000000002";
+pub const ALICE: &str = "557058:bbbbbbbb-0000-4000-8000-000000000002";
+/// The same account as [`ALICE`], under the name older tests use.
+pub const BOB: &str = ALICE;
 pub const ACME_CLOUD_ID: &str = "11111111-1111-4111-8111-111111111111";
 
 /// The cluster side and the Atlassian side of one test.
@@ -146,12 +148,22 @@ impl Operator {
 
     /// Like [`Operator::spawn`], with extra `run` flags.
     pub fn spawn_with(env: &Env, operator_namespace: &str, extra: &[&str]) -> Operator {
+        Self::spawn_logging(env, operator_namespace, "json", extra)
+    }
+
+    /// Like [`Operator::spawn_with`], logging in `log_format` (`plain` or `json`).
+    pub fn spawn_logging(env: &Env, operator_namespace: &str, log_format: &str, extra: &[&str]) -> Operator {
         let port = free_port();
         let metrics_port = free_port();
         let public_url = format!("http://127.0.0.1:{port}");
+        // Callback URLs are exact on the stand-in, as on Atlassian: register this operator's.
+        env.atlassian.add_callback(
+            testbed::atlassian::DEMO_CLIENT_ID,
+            &format!("{public_url}/oauth/callback"),
+        );
         let log = env.dir.path().join(format!("operator-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_confluence-auth-operator"))
-            .args(["--log-format", "json", "run"])
+            .args(["--log-format", log_format, "run"])
             .args(["--public-url", &public_url])
             .args(["--atlassian-auth-url", &env.atlassian.url()])
             .args(["--atlassian-api-url", &env.atlassian.url()])

@@ -4,14 +4,20 @@
 use serde_json::{Value, json};
 
 /// A printer column (`additionalPrinterColumns`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Column {
     /// Header.
     pub name: String,
-    /// `string`, `integer`, `date`, …
+    /// `string`, `integer`, `number`, `boolean` or `date`.
     pub type_: String,
-    /// Simple JSONPath, e.g. `.status.phase`.
+    /// JSONPath, e.g. `.status.phase`.
     pub json_path: String,
+    /// OpenAPI format hint (`""` when unset).
+    pub format: String,
+    /// The column's description, when the CRD gives one.
+    pub description: Option<String>,
+    /// 0: always shown; more: only with `-o wide`.
+    pub priority: i64,
 }
 
 /// One served resource (a group/version/plural).
@@ -143,6 +149,9 @@ impl Resource {
                                 name: c["name"].as_str().unwrap_or_default().to_string(),
                                 type_: c["type"].as_str().unwrap_or("string").to_string(),
                                 json_path: c["jsonPath"].as_str().unwrap_or_default().to_string(),
+                                format: c["format"].as_str().unwrap_or_default().to_string(),
+                                description: c["description"].as_str().filter(|d| !d.is_empty()).map(str::to_string),
+                                priority: c["priority"].as_i64().unwrap_or(0),
                             })
                             .collect()
                     })
@@ -319,5 +328,27 @@ pub fn openapi_group_version(resources: &[&Resource]) -> Value {
             "patch": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch", "parameters": params, "responses": {}},
         }));
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (testbed)", "version": "v0.1.0"}, "paths": paths, "components": {"schemas": {}}})
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (testbed)", "version": "v0.1.0"}, "paths": paths, "components": {"schemas": crd_schemas(resources)}})
+}
+
+/// The schemas of custom resources, named as a real server names them (the group reversed,
+/// then version and kind), so `kubectl explain` finds their fields and descriptions.
+fn crd_schemas(resources: &[&Resource]) -> serde_json::Map<String, Value> {
+    let mut schemas = serde_json::Map::new();
+    for r in resources.iter().filter(|r| r.custom) {
+        let Some(Value::Object(schema)) = &r.schema else {
+            continue;
+        };
+        let reversed: Vec<&str> = r.group.split('.').rev().collect();
+        let mut schema = schema.clone();
+        schema.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
+        );
+        schemas.insert(
+            format!("{}.{}.{}", reversed.join("."), r.version, r.kind),
+            Value::Object(schema),
+        );
+    }
+    schemas
 }

@@ -1,6 +1,6 @@
 //! The optional consent page: with [`super::StandIn::set_consent_page`] on, `/authorize` answers
-//! an HTML page (like Atlassian's consent screen) where a person picks the account and accepts
-//! or declines; the form posts to `POST /authorize/consent`, which redirects to the app as the
+//! an HTML page (like Atlassian's consent screen) where a person picks the account and the one
+//! site the app is for ("Use app on"), and accepts or declines; the form posts to `POST /authorize/consent`, which redirects to the app as the
 //! automatic consent would. Meant for the demo; tests usually keep the automatic consent.
 
 use std::fmt::Write as _;
@@ -57,6 +57,15 @@ pub(crate) fn page(st: &mut State, ar: AuthRequest) -> Resp {
             esc(&a.email),
         );
     }
+    let mut sites = String::from(r#"<option value="">the account's first site</option>"#);
+    for host in st.world.sites() {
+        let selected = if st.consent_site_next.as_deref() == Some(host.as_str()) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(sites, r#"<option value="{0}"{selected}>{0}</option>"#, esc(&host));
+    }
     let scopes: String = ar
         .scopes
         .iter()
@@ -71,6 +80,7 @@ pub(crate) fn page(st: &mut State, ar: AuthRequest) -> Resp {
 <form method="post" action="/authorize/consent">
 <input type="hidden" name="request" value="{id}">
 <p>Use this account:</p>{accounts}
+<p><label>Use app on <select name="site">{sites}</select></label></p>
 <button type="submit" name="decision" value="accept">Accept</button>
 <button type="submit" name="decision" value="deny">Deny</button>
 </form>
@@ -101,7 +111,8 @@ pub(crate) fn decision(st: &mut State, req: &Req) -> Resp {
     match field("decision").as_deref() {
         Some("accept") => {
             let account = field("account_id").or_else(|| consenting_account(st));
-            accept(st, ar, account)
+            let site = field("site").filter(|s| !s.is_empty());
+            accept(st, ar, account, site)
         }
         _ => decline(&ar),
     }

@@ -20,6 +20,17 @@ struct AccountRef {
 }
 
 #[derive(Deserialize)]
+struct SiteRef {
+    host: String,
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    client_id: String,
+    redirect_uri: String,
+}
+
+#[derive(Deserialize)]
 struct Revoke {
     account_id: String,
     client_id: String,
@@ -94,6 +105,17 @@ fn run(st: &mut State, req: &Req) -> Result<Resp, String> {
         }
         (&Method::POST, "consent") => {
             st.consenting = Some(body::<AccountRef>(req)?.account_id);
+            ok()
+        }
+        (&Method::POST, "consent-site-next") => {
+            st.consent_site_next = Some(body::<SiteRef>(req)?.host);
+            ok()
+        }
+        (&Method::POST, "callbacks") => {
+            let c = body::<Callback>(req)?;
+            if !st.world.add_callback(&c.client_id, &c.redirect_uri) {
+                return Err(format!("No app with client id {}", c.client_id));
+            }
             ok()
         }
         (&Method::POST, "consent-page") => {

@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 pub use faults::{Counters, Endpoint, Fault};
 pub use tokens::{IssuedSecret, SecretKind};
 pub use world::{
-    Account, ClientApp, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_SERVICE_CLIENT_ID, DEMO_SERVICE_CLIENT_SECRET,
-    ServiceAccount, Site,
+    Account, ClientApp, DEMO_ADMIN_ACCOUNT_ID, DEMO_ADMIN_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
+    DEMO_SERVICE_CLIENT_ID, DEMO_SERVICE_CLIENT_SECRET, DEMO_USER_ACCOUNT_ID, DEMO_USER_NAME, ServiceAccount, Site,
 };
 
 use http::{Req, Resp, api_error};
@@ -130,6 +130,19 @@ impl StandIn {
     /// From now on, `/authorize` consents as this account.
     pub fn consent_as(&self, account_id: &str) {
         self.state().consenting = Some(account_id.to_owned());
+    }
+
+    /// The next consent picks this site (the consent screen's "Use app on" choice; default:
+    /// the consenting account's first site). One consent grants one site, as on Atlassian: the
+    /// account's tokens cover several sites once it has consented for each.
+    pub fn consent_site_next(&self, host: &str) {
+        self.state().consent_site_next = Some(host.to_owned());
+    }
+
+    /// Adds an exact callback URL to a registered app (as in the developer console); returns
+    /// false when no app has this client id. `redirect_uri` must match one exactly.
+    pub fn add_callback(&self, client_id: &str, redirect_uri: &str) -> bool {
+        self.state().world.add_callback(client_id, redirect_uri)
     }
 
     /// The next `/authorize` is declined by the user (a redirect with `error=access_denied`).

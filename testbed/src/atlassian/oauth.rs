@@ -124,10 +124,31 @@ pub(crate) fn consenting_account(st: &State) -> Option<String> {
         .or_else(|| st.world.default_account().map(str::to_owned))
 }
 
-/// Consents as `account`: issues a code and redirects to the app with it.
-pub(crate) fn accept(st: &mut State, ar: AuthRequest, account: Option<String>) -> Resp {
+/// The site a consent grants: the one picked, else the account's first site; none for an
+/// account without sites. Err when the account cannot use the picked site (Atlassian's consent
+/// screen offers only the account's sites).
+fn consent_site(st: &State, account: &str, picked: Option<String>) -> Result<Vec<String>, String> {
+    let sites = st.world.sites_of(account);
+    match picked {
+        Some(host) => sites
+            .into_iter()
+            .find(|h| h.eq_ignore_ascii_case(&host))
+            .map(|h| vec![h])
+            .ok_or_else(|| format!("The account cannot use the site {host}")),
+        None => Ok(sites.into_iter().take(1).collect()),
+    }
+}
+
+/// Consents as `account` for one site: issues a code and redirects to the app with it.
+pub(crate) fn accept(st: &mut State, ar: AuthRequest, account: Option<String>, site: Option<String>) -> Resp {
     let Some(account) = account.filter(|a| st.world.account(a).is_some()) else {
         return bad_request("server_error", "The stand-in has no account to consent as");
+    };
+    let queued = st.consent_site_next.take();
+    let picked = site.or(queued);
+    let sites = match consent_site(st, &account, picked) {
+        Ok(sites) => sites,
+        Err(message) => return bad_request("invalid_request", &message),
     };
     let Ok(mut target) = url::Url::parse(&ar.redirect_uri) else {
         return bad_request("invalid_request", "The redirect_uri is not a URL");
@@ -135,7 +156,7 @@ pub(crate) fn accept(st: &mut State, ar: AuthRequest, account: Option<String>) -
     let withheld = st.withhold_next.take();
     let consent = Consent {
         client_id: ar.client_id,
-        sites: st.world.sites_of(&account),
+        sites,
         account_id: account,
         redirect_uri: ar.redirect_uri,
         scopes: ar.scopes.into_iter().filter(|s| Some(s) != withheld.as_ref()).collect(),
@@ -171,7 +192,7 @@ pub(crate) fn authorize(st: &mut State, req: &Req) -> Resp {
         return super::consent::page(st, ar);
     }
     let account = consenting_account(st);
-    accept(st, ar, account)
+    accept(st, ar, account, None)
 }
 
 /// The parameters of a token request, from a JSON or a form body.

@@ -36,6 +36,8 @@ pub(crate) struct State {
     pub(crate) service_lifetime: i64,
     /// Who consents at `/authorize` (default: the first account added).
     pub(crate) consenting: Option<String>,
+    /// The site the next consent picks (then cleared; default: the account's first site).
+    pub(crate) consent_site_next: Option<String>,
     /// Whether the next consent is declined.
     pub(crate) decline_next: bool,
     /// A scope the next consent leaves out of the grant (then cleared).
@@ -57,6 +59,7 @@ impl Default for State {
             access_lifetime: DEFAULT_ACCESS_LIFETIME_SECS,
             service_lifetime: DEFAULT_ACCESS_LIFETIME_SECS,
             consenting: None,
+            consent_site_next: None,
             decline_next: false,
             withhold_next: None,
             consent_page: false,

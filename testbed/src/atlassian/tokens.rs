@@ -89,7 +89,8 @@ pub struct Consent {
     pub redirect_uri: String,
     /// Granted scopes.
     pub scopes: Vec<String>,
-    /// Hosts of the sites the grant covers.
+    /// The site picked on the consent screen (one per consent, as on Atlassian; none for an
+    /// account without sites). Empty or one host.
     pub sites: Vec<String>,
     /// The PKCE S256 challenge, when one was sent.
     pub code_challenge: Option<String>,
@@ -154,7 +155,6 @@ struct Family {
     client_id: String,
     account_id: String,
     scopes: Vec<String>,
-    sites: Vec<String>,
     consented_at: Timestamp,
     revoked: bool,
 }
@@ -182,6 +182,10 @@ pub struct TokenStore {
     refresh: HashMap<String, RefreshEntry>,
     access: HashMap<String, AccessEntry>,
     issued: Vec<IssuedSecret>,
+    /// Sites an account has authorized an app for, by (client id, account id), in consent
+    /// order: each consent adds its one site, and every token of that pair sees them all (as
+    /// accessible-resources does on Atlassian).
+    authorized: HashMap<(String, String), Vec<String>>,
 }
 
 /// `ts` plus `secs` seconds, saturating.
@@ -263,11 +267,19 @@ impl TokenStore {
             return Err(TokenError::InvalidGrant(BAD_VERIFIER));
         }
         let consent = entry.consent.clone();
+        let authorized = self
+            .authorized
+            .entry((consent.client_id.clone(), consent.account_id.clone()))
+            .or_default();
+        for host in consent.sites {
+            if !authorized.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+                authorized.push(host);
+            }
+        }
         self.families.push(Family {
             client_id: consent.client_id,
             account_id: consent.account_id,
             scopes: consent.scopes,
-            sites: consent.sites,
             consented_at: now,
             revoked: false,
         });
@@ -414,14 +426,19 @@ impl TokenStore {
             return Err(AccessError::Expired);
         }
         Ok(Principal {
-            sites: family.sites.clone(),
+            sites: self
+                .authorized
+                .get(&(family.client_id.clone(), family.account_id.clone()))
+                .cloned()
+                .unwrap_or_default(),
             ..entry.principal.clone()
         })
     }
 
-    /// The user revokes the app: every family of this account and client dies. Returns how
-    /// many families were live.
+    /// The user revokes the app: every family of this account and client dies, and the sites
+    /// it was authorized for are forgotten. Returns how many families were live.
     pub fn revoke_user(&mut self, account_id: &str, client_id: &str) -> usize {
+        self.authorized.remove(&(client_id.to_owned(), account_id.to_owned()));
         let mut n = 0;
         for f in &mut self.families {
             if f.account_id == account_id && f.client_id == client_id && !f.revoked {
@@ -434,9 +451,9 @@ impl TokenStore {
 
     /// An admin removes the app from a site: existing grants of that client stop covering it.
     pub fn remove_site(&mut self, client_id: &str, host: &str) {
-        for f in &mut self.families {
-            if f.client_id == client_id {
-                f.sites.retain(|h| !h.eq_ignore_ascii_case(host));
+        for ((client, _), sites) in &mut self.authorized {
+            if client == client_id {
+                sites.retain(|h| !h.eq_ignore_ascii_case(host));
             }
         }
     }
@@ -597,6 +614,43 @@ mod tests {
         assert_eq!(
             kinds,
             [SecretKind::Code, SecretKind::RefreshToken, SecretKind::AccessToken]
+        );
+    }
+
+    #[test]
+    fn each_consent_adds_its_one_site_and_every_token_of_the_account_sees_them() {
+        let mut s = TokenStore::default();
+        let acme = first_grant(&mut s, t0());
+        let globex_consent = Consent {
+            sites: vec!["globex.atlassian.net".into()],
+            ..consent(None, &["read:me"])
+        };
+        let code = s.issue_code(t0(), globex_consent).unwrap();
+        let globex = s
+            .exchange_code(t0(), "app", &code, Some("https://app/cb"), None, 3600)
+            .unwrap();
+        let both = vec!["acme.atlassian.net".to_string(), "globex.atlassian.net".to_string()];
+        assert_eq!(s.authenticate(t0(), &acme.access_token).unwrap().sites, both);
+        assert_eq!(s.authenticate(t0(), &globex.access_token).unwrap().sites, both);
+        // Another account's consent does not widen this one's.
+        let other = Consent {
+            account_id: "other".into(),
+            sites: vec!["initech.atlassian.net".into()],
+            ..consent(None, &["read:me"])
+        };
+        let code = s.issue_code(t0(), other).unwrap();
+        s.exchange_code(t0(), "app", &code, Some("https://app/cb"), None, 3600)
+            .unwrap();
+        assert_eq!(s.authenticate(t0(), &acme.access_token).unwrap().sites, both);
+        // Revoking the app forgets the sites: a new consent starts from its own site.
+        s.revoke_user("acc", "app");
+        let code = s.issue_code(t0(), consent(None, &["read:me"])).unwrap();
+        let fresh = s
+            .exchange_code(t0(), "app", &code, Some("https://app/cb"), None, 3600)
+            .unwrap();
+        assert_eq!(
+            s.authenticate(t0(), &fresh.access_token).unwrap().sites,
+            vec!["acme.atlassian.net".to_string()]
         );
     }
 

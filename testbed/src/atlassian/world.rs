@@ -19,8 +19,8 @@ pub struct ClientApp {
     pub client_id: String,
     /// The app's secret.
     pub client_secret: String,
-    /// Callback URLs accepted as `redirect_uri`. A `*` in an entry matches any run of characters
-    /// (the stand-in's extension, so the demo can allow any loopback port).
+    /// Callback URLs accepted as `redirect_uri`, compared exactly (as Atlassian does: no
+    /// wildcard, no other port or path). Add one later with `StandIn::add_callback`.
     pub redirect_uris: Vec<String>,
     /// Scopes the app may request. Empty: any known Confluence scope (see [`is_known_scope`]).
     #[serde(default)]
@@ -141,6 +141,18 @@ impl World {
         self.clients.get(client_id)
     }
 
+    /// Adds a callback URL to a registered app, as a developer does in the console. False when
+    /// no app has this client id.
+    pub fn add_callback(&mut self, client_id: &str, redirect_uri: &str) -> bool {
+        let Some(app) = self.clients.get_mut(client_id) else {
+            return false;
+        };
+        if !app.redirect_uris.iter().any(|r| r == redirect_uri) {
+            app.redirect_uris.push(redirect_uri.to_owned());
+        }
+        true
+    }
+
     /// The service-account credential with this client id.
     pub fn service_account(&self, client_id: &str) -> Option<&ServiceAccount> {
         self.service_accounts.get(client_id)
@@ -165,6 +177,11 @@ impl World {
     pub fn site_by_host(&self, host: &str) -> Option<&Site> {
         let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
         self.sites.get(&host)
+    }
+
+    /// Hosts of every site, sorted.
+    pub fn sites(&self) -> Vec<String> {
+        self.sites.values().map(|s| s.host.clone()).collect()
     }
 
     /// The site with this cloud id.
@@ -207,11 +224,9 @@ impl World {
 }
 
 impl ClientApp {
-    /// Whether `redirect_uri` is one of the registered callback URLs (with `*` wildcards).
+    /// Whether `redirect_uri` is exactly one of the registered callback URLs.
     pub fn allows_redirect(&self, redirect_uri: &str) -> bool {
-        self.redirect_uris
-            .iter()
-            .any(|pattern| glob_match(pattern, redirect_uri))
+        self.redirect_uris.iter().any(|registered| registered == redirect_uri)
     }
 
     /// The first requested scope this app may not request, if any.
@@ -238,16 +253,27 @@ pub const DEMO_SERVICE_CLIENT_ID: &str = "demo-service-client";
 /// Client secret of the demo service account.
 pub const DEMO_SERVICE_CLIENT_SECRET: &str = "demo-service-secret";
 
+/// Account id of the demo world's admin, Ada Admin (acme and globex): she installs the app,
+/// as the installation `acme` of `examples/` needs.
+pub const DEMO_ADMIN_ACCOUNT_ID: &str = "557058:aaaaaaaa-0000-4000-8000-000000000001";
+/// Display name of [`DEMO_ADMIN_ACCOUNT_ID`].
+pub const DEMO_ADMIN_NAME: &str = "Ada Admin";
+/// Account id of the demo world's user Alice (acme only): she consents for the user auth
+/// `alice` of `examples/`.
+pub const DEMO_USER_ACCOUNT_ID: &str = "557058:bbbbbbbb-0000-4000-8000-000000000002";
+/// Display name of [`DEMO_USER_ACCOUNT_ID`].
+pub const DEMO_USER_NAME: &str = "Alice Example";
+
 /// Seeds the demo world (described in `testbed/ATLASSIAN.md`): the app `demo-client`, the
-/// sites `acme.atlassian.net` and `globex.atlassian.net`, two people and a service account.
+/// sites `acme.atlassian.net` and `globex.atlassian.net`, two people (Ada Admin and Alice
+/// Example, named for the resources of `examples/` they consent for) and a service account.
 pub fn seed_demo(world: &mut World) {
     world.register_client(ClientApp {
         client_id: DEMO_CLIENT_ID.into(),
         client_secret: DEMO_CLIENT_SECRET.into(),
-        redirect_uris: vec![
-            "http://127.0.0.1*/oauth/callback".into(),
-            "http://localhost*/oauth/callback".into(),
-        ],
+        // Callback URLs are exact, so whoever runs an operator against the demo world adds its
+        // own (`StandIn::add_callback`, or `POST /_testbed/callbacks`).
+        redirect_uris: Vec::new(),
         scopes: Vec::new(),
     });
     world.add_site(Site {
@@ -261,15 +287,15 @@ pub fn seed_demo(world: &mut World) {
         name: "globex".into(),
     });
     world.add_account(Account {
-        account_id: "557058:aaaaaaaa-0000-4000-8000-000000000001".into(),
-        name: "Ada Admin".into(),
+        account_id: DEMO_ADMIN_ACCOUNT_ID.into(),
+        name: DEMO_ADMIN_NAME.into(),
         email: "ada@acme.example".into(),
         sites: vec!["acme.atlassian.net".into(), "globex.atlassian.net".into()],
     });
     world.add_account(Account {
-        account_id: "557058:bbbbbbbb-0000-4000-8000-000000000002".into(),
-        name: "Bob User".into(),
-        email: "bob@acme.example".into(),
+        account_id: DEMO_USER_ACCOUNT_ID.into(),
+        name: DEMO_USER_NAME.into(),
+        email: "alice@acme.example".into(),
         sites: vec!["acme.atlassian.net".into()],
     });
     world.add_service_account(ServiceAccount {
@@ -322,41 +348,30 @@ pub fn is_known_scope(scope: &str) -> bool {
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)))
 }
 
-/// Matches `text` against `pattern`, where `*` matches any run of characters.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let tail: Vec<&str> = parts.collect();
-    let Some((last, middle)) = tail.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn glob_matches_loopback_callbacks() {
-        let p = "http://127.0.0.1*/oauth/callback";
-        assert!(glob_match(p, "http://127.0.0.1:8080/oauth/callback"));
-        assert!(glob_match(p, "http://127.0.0.1/oauth/callback"));
-        assert!(!glob_match(p, "http://127.0.0.1:8080/oauth/callbackx"));
-        assert!(!glob_match(p, "http://evil.example/oauth/callback"));
-        assert!(glob_match("https://a/cb", "https://a/cb"));
-        assert!(!glob_match("https://a/cb", "https://a/cb2"));
-        assert!(glob_match("a*b*c", "aXbYc"));
-        assert!(!glob_match("a*bc", "abc2"));
+    fn callbacks_match_exactly() {
+        let app = ClientApp {
+            client_id: "app".into(),
+            client_secret: "secret".into(),
+            redirect_uris: vec!["http://127.0.0.1:8080/oauth/callback".into()],
+            scopes: Vec::new(),
+        };
+        assert!(app.allows_redirect("http://127.0.0.1:8080/oauth/callback"));
+        for other in [
+            "http://127.0.0.1:8081/oauth/callback",
+            "http://127.0.0.1/oauth/callback",
+            "http://127.0.0.1:8080/oauth/callback/",
+            "http://127.0.0.1:8080/oauth/callbackx",
+            "http://localhost:8080/oauth/callback",
+            "HTTP://127.0.0.1:8080/oauth/callback",
+            "http://127.0.0.1:8080/oauth/callback?x=1",
+        ] {
+            assert!(!app.allows_redirect(other), "{other}");
+        }
     }
 
     #[test]
