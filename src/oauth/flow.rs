@@ -397,20 +397,7 @@ async fn consume(ctx: &Context, flow: &state::FlowState) -> Result<(), Page> {
         });
         Ok(())
     };
-    let (namespace, name) = (&flow.target.namespace, &flow.target.name);
-    let result = match flow.target.kind {
-        ResourceKind::Installation => {
-            store::update_status_if::<ConfluenceInstallation, _>(&ctx.client, namespace, name, |o| take(o))
-                .await
-                .map(|r| r.map(drop))
-        }
-        ResourceKind::User => {
-            store::update_status_if::<ConfluenceUserAuth, _>(&ctx.client, namespace, name, |o| take(o))
-                .await
-                .map(|r| r.map(drop))
-        }
-    };
-    match result {
+    match update_flow_target(ctx, flow, take).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(())) => Err(stale_link()),
         Err(e) if is_not_found(&e) => Err(stale_link()),
@@ -430,19 +417,28 @@ async fn abandon(ctx: &Context, flow: &state::FlowState) {
         obj.status_mut().pending_authorization = None;
         Ok(())
     };
+    let _ = update_flow_target(ctx, flow, drop_pending).await;
+}
+
+/// [`store::update_status_if`] on the flow's object, whichever kind it is.
+async fn update_flow_target(
+    ctx: &Context,
+    flow: &state::FlowState,
+    change: impl Fn(&mut dyn Consumable) -> Result<(), ()>,
+) -> Result<Result<(), ()>, store::StoreError> {
     let (namespace, name) = (&flow.target.namespace, &flow.target.name);
-    let _ = match flow.target.kind {
+    match flow.target.kind {
         ResourceKind::Installation => {
-            store::update_status_if::<ConfluenceInstallation, _>(&ctx.client, namespace, name, |o| drop_pending(o))
+            store::update_status_if::<ConfluenceInstallation, _>(&ctx.client, namespace, name, |o| change(o))
                 .await
                 .map(|r| r.map(drop))
         }
         ResourceKind::User => {
-            store::update_status_if::<ConfluenceUserAuth, _>(&ctx.client, namespace, name, |o| drop_pending(o))
+            store::update_status_if::<ConfluenceUserAuth, _>(&ctx.client, namespace, name, |o| change(o))
                 .await
                 .map(|r| r.map(drop))
         }
-    };
+    }
 }
 
 /// The object is the one the flow started for (uid), its pending marker is this flow's, and
