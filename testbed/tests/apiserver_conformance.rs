@@ -502,7 +502,8 @@ async fn secrets_fold_string_data_and_events_and_leases_are_stored() {
     assert!(created.string_data.is_none());
     assert_eq!(created.type_.as_deref(), Some("confluence-auth.dev/vault"));
     let events: Api<CoreEvent> = Api::namespaced(c.client.clone(), &c.namespace);
-    let event: CoreEvent = serde_json::from_value(json!({"metadata": {"name": "e1"}, "involvedObject": {"kind": "Widget", "name": "a"}, "reason": "Tested", "message": "m", "type": "Normal"})).unwrap();
+    // A real server refuses an Event whose involvedObject.namespace differs from its own.
+    let event: CoreEvent = serde_json::from_value(json!({"metadata": {"name": "e1"}, "involvedObject": {"kind": "Widget", "name": "a", "namespace": c.namespace}, "reason": "Tested", "message": "m", "type": "Normal"})).unwrap();
     events.create(&PostParams::default(), &event).await.unwrap();
     assert_eq!(events.get("e1").await.unwrap().reason.as_deref(), Some("Tested"));
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);

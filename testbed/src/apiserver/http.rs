@@ -13,11 +13,12 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::faults::Faults;
-use super::patch;
 use super::resources::{self, Resource};
 use super::select::LabelSelector;
 use super::store::{ApiError, Propagation, Store};
 use super::table;
+use super::tokens::Tokens;
+use super::{patch, protobuf};
 
 /// The response body type.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub log: Mutex<Vec<RequestRecord>>,
     /// Where the server listens (for discovery's serverAddress).
     pub address: String,
+    /// ServiceAccount tokens issued so far.
+    pub tokens: Tokens,
 }
 
 /// Handles one request.
@@ -262,6 +265,24 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
     if let Some(code) = call.shared.faults.take(verb, &target.resource.plural) {
         return Err(injected(code));
     }
+    if target.resource.create_only() && verb != "create" {
+        return Err(ApiError {
+            code: 405,
+            reason: "MethodNotAllowed",
+            message: format!("the server does not allow this method on the requested resource ({verb})"),
+            details: Value::Null,
+        });
+    }
+    if target.resource.create_only() {
+        return token_review(&call);
+    }
+    if target.subresource.as_deref() == Some("token")
+        && target.resource.group.is_empty()
+        && target.resource.plural == "serviceaccounts"
+        && verb == "create"
+    {
+        return token_request(&call, &target);
+    }
     if target
         .subresource
         .as_deref()
@@ -329,6 +350,9 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
                 target.name.as_deref().unwrap_or(""),
                 propagation,
             )?;
+            if target.resource.group.is_empty() && target.resource.plural == "namespaces" {
+                spawn_namespace_controller(&call.shared, target.name.clone().unwrap_or_default());
+            }
             Ok(json_response(StatusCode::OK, &deleted))
         }
         _ => {
@@ -389,15 +413,68 @@ fn propagation(call: &Call) -> Propagation {
     }
 }
 
+/// The namespace controller: after a namespace is marked Terminating, delete its contents and
+/// then it, retrying while finalizers hold something (until the server stops).
+fn spawn_namespace_controller(shared: &Arc<Shared>, namespace: String) {
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            let Some(shared) = shared.upgrade() else { return };
+            if shared.store.finalize_namespace(&namespace) {
+                return;
+            }
+            drop(shared);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+/// `POST .../serviceaccounts/NAME/token`.
+fn token_request(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let account = call.shared.store.get(&target.resource, &namespace, &name)?;
+    let request = parse_body(call)?;
+    let uid = account["metadata"]["uid"].as_str().unwrap_or_default();
+    let answer = call
+        .shared
+        .tokens
+        .issue(&namespace, &name, uid, &request)
+        .map_err(|refusal| {
+            let mut error = ApiError::invalid(&target.resource, &name, refusal.field, &refusal.message);
+            error.message = format!(
+                "TokenRequest.authentication.k8s.io \"{name}\" is invalid: {}: {}",
+                refusal.field, refusal.message
+            );
+            error.details["kind"] = json!("TokenRequest");
+            error.details["group"] = json!("authentication.k8s.io");
+            error
+        })?;
+    Ok(json_response(StatusCode::CREATED, &answer))
+}
+
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
+fn token_review(call: &Call) -> Result<Response<Body>, ApiError> {
+    let review = parse_body(call)?;
+    let store = &call.shared.store;
+    let accounts = store.resource("", "v1", "serviceaccounts");
+    let answer = call.shared.tokens.review(&review, |namespace, name| {
+        let account = store.get(accounts.as_ref()?, namespace, name).ok()?;
+        account["metadata"]["uid"].as_str().map(str::to_string)
+    });
+    Ok(json_response(StatusCode::CREATED, &answer))
+}
+
 fn parse_body(call: &Call) -> Result<Value, ApiError> {
     if call.content_type.contains("protobuf") {
-        return Err(ApiError {
-            code: 415,
-            reason: "UnsupportedMediaType",
-            message:
-                "the testbed API server accepts JSON bodies only (not protobuf): use kubectl apply -f, or a JSON client"
-                    .into(),
-            details: Value::Null,
+        return protobuf::decode(&call.body).map_err(|e| match e {
+            protobuf::DecodeError::Unsupported(_) => ApiError {
+                code: 415,
+                reason: "UnsupportedMediaType",
+                message: e.to_string(),
+                details: Value::Null,
+            },
+            _ => ApiError::bad_request(e.to_string()),
         });
     }
     serde_json::from_slice(&call.body)

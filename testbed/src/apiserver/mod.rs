@@ -5,16 +5,21 @@
 //! where they are made (patch: strategic merge and apply act as merge patches; CEL rules and
 //! OpenAPI schemas of CRDs are not evaluated).
 
+mod builtin_table;
 mod faults;
 mod http;
 mod patch;
+mod protobuf;
 mod resources;
+mod schema;
 mod select;
 mod store;
 mod table;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,14 +31,25 @@ pub use http::RequestRecord;
 /// Options of a server.
 #[derive(Debug, Clone)]
 pub struct ApiServerOptions {
-    /// How many events the server keeps for watches; a watch from an older resourceVersion
-    /// gets 410 Gone.
+    /// How many events the server keeps for watches (the watch cache's capacity); a watch
+    /// from an older resourceVersion gets 410 Gone.
     pub history_limit: usize,
+    /// How long events are kept for watches (etcd compacts every 5 minutes by default); a
+    /// watch from a resourceVersion older than that gets 410 Gone.
+    pub history_window: Duration,
+    /// Whether CRD schemas (OpenAPI v3 and CEL rules) refuse invalid custom resources, as a
+    /// real server does. Off puts a bad spec straight past the schema (to test what the
+    /// operator itself does with one).
+    pub enforce_schemas: bool,
 }
 
 impl Default for ApiServerOptions {
     fn default() -> Self {
-        Self { history_limit: 10_000 }
+        Self {
+            history_limit: 100_000,
+            history_window: Duration::from_secs(300),
+            enforce_schemas: true,
+        }
     }
 }
 
@@ -55,11 +71,13 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(http::Shared {
-            store: store::Store::new(options.history_limit),
+            store: store::Store::new(options.history_limit, options.history_window),
             faults: Faults::default(),
             log: Mutex::new(Vec::new()),
             address: addr.to_string(),
+            tokens: tokens::Tokens::default(),
         });
+        shared.store.set_enforce_schemas(options.enforce_schemas);
         let (stop, mut stopped) = watch::channel(false);
         let server_shared = shared.clone();
         tokio::spawn(async move {
@@ -116,6 +134,16 @@ impl ApiServer {
     /// Changes the retained watch history (older watches then get 410 Gone).
     pub fn set_history_limit(&self, limit: usize) {
         self.shared.store.set_history_limit(limit);
+    }
+
+    /// Turns CRD schema enforcement on or off (see [`ApiServerOptions::enforce_schemas`]).
+    pub fn set_enforce_schemas(&self, enforce: bool) {
+        self.shared.store.set_enforce_schemas(enforce);
+    }
+
+    /// Changes how long events are kept for watches (older watches then get 410 Gone).
+    pub fn set_history_window(&self, window: Duration) {
+        self.shared.store.set_history_window(window);
     }
 
     /// The current cluster-wide resourceVersion.

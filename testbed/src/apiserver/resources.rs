@@ -53,12 +53,39 @@ impl Resource {
             kind: kind.into(),
             namespaced,
             short_names: short.iter().map(|s| s.to_string()).collect(),
-            categories: Vec::new(),
+            categories: if matches!(plural, "deployments" | "services") {
+                vec!["all".to_string()]
+            } else {
+                Vec::new()
+            },
             columns: Vec::new(),
-            status_subresource: matches!(plural, "namespaces" | "customresourcedefinitions"),
+            status_subresource: matches!(
+                plural,
+                "namespaces"
+                    | "customresourcedefinitions"
+                    | "deployments"
+                    | "services"
+                    | "poddisruptionbudgets"
+                    | "ingresses"
+            ),
             custom: false,
             schema: None,
         }
+    }
+
+    /// Whether `metadata.generation` tracks spec changes (custom resources and the built-in
+    /// kinds with a spec a controller acts on).
+    pub fn tracks_generation(&self) -> bool {
+        self.custom
+            || matches!(
+                self.plural.as_str(),
+                "customresourcedefinitions" | "deployments" | "poddisruptionbudgets" | "networkpolicies" | "ingresses"
+            )
+    }
+
+    /// Only `create` is served (reviews: nothing is stored).
+    pub fn create_only(&self) -> bool {
+        self.plural == "tokenreviews"
     }
 
     /// `apiVersion` of objects of this resource.
@@ -140,6 +167,51 @@ pub fn builtins() -> Vec<Resource> {
         Resource::builtin("", "v1", "events", "Event", true, &["ev"]),
         Resource::builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
         Resource::builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
+        Resource::builtin("", "v1", "services", "Service", true, &["svc"]),
+        Resource::builtin("apps", "v1", "deployments", "Deployment", true, &["deploy"]),
+        Resource::builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[]),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+        ),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+        ),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        Resource::builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            true,
+            &["pdb"],
+        ),
+        Resource::builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
+            &["netpol"],
+        ),
+        Resource::builtin("networking.k8s.io", "v1", "ingresses", "Ingress", true, &["ing"]),
+        Resource::builtin("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", false, &[]),
         Resource::builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -166,10 +238,17 @@ const VERBS: [&str; 8] = [
 pub fn resource_list(group_version: &str, resources: &[&Resource]) -> Value {
     let mut items = Vec::new();
     for r in resources {
+        let verbs: &[&str] = if r.create_only() { &["create"] } else { &VERBS };
         items.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind,
-            "verbs": VERBS, "shortNames": r.short_names, "categories": r.categories,
+            "verbs": verbs, "shortNames": r.short_names, "categories": r.categories,
         }));
+        if r.group.is_empty() && r.plural == "serviceaccounts" {
+            items.push(
+                json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}),
+            );
+        }
         if r.status_subresource {
             items.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
         }

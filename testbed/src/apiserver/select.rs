@@ -90,7 +90,10 @@ fn set_values(set: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// Field selectors on `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`).
+/// Field selectors (`=`, `==`, `!=`) on the fields a real server indexes: `metadata.name` and
+/// `metadata.namespace` for every kind, and the Event, Secret and Namespace fields
+/// (`involvedObject.*`, `reason`, `type`, `source`, `reportingComponent`, `status.phase`), as
+/// `kubectl describe` uses them to find an object's Events.
 pub fn field_matches(selector: &str, object: &Value) -> Result<bool, String> {
     for part in selector.split(',').filter(|p| !p.trim().is_empty()) {
         let (field, value, equal) = match part.split_once("!=") {
@@ -103,12 +106,29 @@ pub fn field_matches(selector: &str, object: &Value) -> Result<bool, String> {
                 (f, v, true)
             }
         };
-        let actual = match field.trim() {
-            "metadata.name" => object["metadata"]["name"].as_str(),
-            "metadata.namespace" => object["metadata"]["namespace"].as_str(),
+        let path = match field.trim() {
+            "source" => "source.component",
+            f @ ("metadata.name"
+            | "metadata.namespace"
+            | "involvedObject.kind"
+            | "involvedObject.namespace"
+            | "involvedObject.name"
+            | "involvedObject.uid"
+            | "involvedObject.apiVersion"
+            | "involvedObject.resourceVersion"
+            | "involvedObject.fieldPath"
+            | "reason"
+            | "reportingComponent"
+            | "type"
+            | "status.phase") => f,
             other => return Err(format!("field label not supported: {other}")),
         };
-        if (actual == Some(value.trim())) != equal {
+        let mut at = object;
+        for part in path.split('.') {
+            at = &at[part];
+        }
+        let actual = at.as_str().unwrap_or("");
+        if (actual == value.trim()) != equal {
             return Ok(false);
         }
     }
@@ -139,5 +159,15 @@ mod tests {
         assert!(field_matches("metadata.name=x", &obj).unwrap());
         assert!(!field_matches("metadata.name!=x", &obj).unwrap());
         assert!(field_matches("spec.x=1", &obj).is_err());
+        let event = json!({"metadata": {"name": "e"}, "involvedObject": {"kind": "Sample", "name": "s1", "uid": "u"}, "source": {"component": "c"}});
+        assert!(
+            field_matches(
+                "involvedObject.name=s1,involvedObject.kind=Sample,involvedObject.uid=u",
+                &event
+            )
+            .unwrap()
+        );
+        assert!(!field_matches("involvedObject.name=s2", &event).unwrap());
+        assert!(field_matches("source=c,involvedObject.namespace=", &event).unwrap());
     }
 }

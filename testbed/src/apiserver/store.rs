@@ -6,11 +6,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::resources::{self, Resource};
+use super::schema;
 use super::select::{LabelSelector, field_matches};
 
 /// (group, plural): one kind of object, whatever the version.
@@ -90,12 +92,13 @@ impl ApiError {
         }
     }
 
-    /// 410 Expired for a watch or list from a compacted resourceVersion.
-    pub fn expired(rv: u64) -> Self {
+    /// 410 Expired for a watch or list from a compacted resourceVersion (`oldest` is the
+    /// oldest one still kept, as the real message names it).
+    pub fn expired(rv: u64, oldest: u64) -> Self {
         Self {
             code: 410,
             reason: "Expired",
-            message: format!("too old resource version: {rv}"),
+            message: format!("too old resource version: {rv} ({oldest})"),
             details: Value::Null,
         }
     }
@@ -116,10 +119,16 @@ struct Inner {
     rv: u64,
     resources: Vec<Resource>,
     objects: HashMap<Key, BTreeMap<(String, String), Value>>,
-    history: VecDeque<Arc<Event>>,
+    history: VecDeque<(Instant, Arc<Event>)>,
     /// The newest resourceVersion no longer in `history` (a watch from below it gets 410).
     compacted: u64,
     history_limit: usize,
+    /// Events older than this are dropped, as etcd compaction drops them.
+    history_window: Duration,
+    /// Next Service cluster IP (10.96.0.0/12, as a kubeadm cluster allocates).
+    next_cluster_ip: u32,
+    /// Whether CRD schemas (OpenAPI and CEL) refuse invalid custom resources.
+    enforce_schemas: bool,
 }
 
 /// The object store.
@@ -139,8 +148,10 @@ pub struct WatchStart {
 }
 
 impl Store {
-    /// A store with the built-in kinds and the `default` namespace.
-    pub fn new(history_limit: usize) -> Self {
+    /// A store with the built-in kinds and the `default` and `kube-system` namespaces. Its
+    /// watch history starts after them, as a real server's watch cache starts at its start:
+    /// a watch from an older resourceVersion is 410 Gone.
+    pub fn new(history_limit: usize, history_window: Duration) -> Self {
         let (events, _) = broadcast::channel(4096);
         let store = Self {
             inner: Mutex::new(Inner {
@@ -150,6 +161,9 @@ impl Store {
                 history: VecDeque::new(),
                 compacted: 0,
                 history_limit: history_limit.max(1),
+                history_window,
+                next_cluster_ip: 1,
+                enforce_schemas: true,
             }),
             events,
         };
@@ -163,6 +177,10 @@ impl Store {
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
             );
         }
+        let mut inner = store.lock();
+        inner.history.clear();
+        inner.compacted = inner.rv;
+        drop(inner);
         store
     }
 
@@ -174,6 +192,19 @@ impl Store {
     pub fn set_history_limit(&self, limit: usize) {
         let mut inner = self.lock();
         inner.history_limit = limit.max(1);
+        trim(&mut inner);
+    }
+
+    /// Turns CRD schema enforcement on or off (off: invalid custom resources are stored, as
+    /// if they came from before the schema).
+    pub fn set_enforce_schemas(&self, enforce: bool) {
+        self.lock().enforce_schemas = enforce;
+    }
+
+    /// Changes how long events are kept for watches (older starting points get 410).
+    pub fn set_history_window(&self, window: Duration) {
+        let mut inner = self.lock();
+        inner.history_window = window;
         trim(&mut inner);
     }
 
@@ -272,6 +303,10 @@ impl Store {
         }
         if resource.namespaced {
             check_namespace(&inner, namespace)?;
+            check_not_terminating(&inner, resource, namespace, &name)?;
+        }
+        if resource.group.is_empty() && resource.plural == "events" {
+            check_event(resource, namespace, &name, &object)?;
         }
         let namespace = if resource.namespaced {
             namespace.to_string()
@@ -304,7 +339,7 @@ impl Store {
         metadata.insert("uid".into(), json!(uuid()));
         metadata.insert("creationTimestamp".into(), json!(now()));
         metadata.remove("deletionTimestamp");
-        if resource.custom || resource.plural == "customresourcedefinitions" {
+        if resource.tracks_generation() {
             metadata.insert("generation".into(), json!(1));
         }
         if resource.status_subresource && resource.custom {
@@ -312,11 +347,24 @@ impl Store {
             object.as_object_mut().map(|o| o.remove("status"));
         }
         if resource.plural == "namespaces" {
+            // What the real server adds to every namespace.
+            object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            object["spec"] = json!({"finalizers": ["kubernetes"]});
             object["status"] = json!({"phase": "Active"});
+        }
+        if resource.group.is_empty() && resource.plural == "services" {
+            default_service(&mut inner, &mut object, None);
+        }
+        if resource.plural == "deployments" {
+            default_deployment(&mut object);
         }
         if resource.plural == "customresourcedefinitions" {
             register_crd(&mut inner, &object);
             object["status"] = crd_status(&object);
+        }
+        schema::default(resource, &mut object);
+        if inner.enforce_schemas {
+            schema::validate(resource, &object, None, false)?;
         }
         Ok(commit(
             &mut inner,
@@ -394,6 +442,12 @@ impl Store {
         delete_locked(&mut inner, &self.events, resource, namespace, name, propagation)
     }
 
+    /// Runs the namespace controller once for `namespace`; `true` once it is gone.
+    pub fn finalize_namespace(&self, namespace: &str) -> bool {
+        let mut inner = self.lock();
+        finalize_namespace_locked(&mut inner, &self.events, namespace)
+    }
+
     /// Where a watch from `rv` starts (410 when history no longer reaches back that far).
     pub fn watch_from(
         &self,
@@ -401,7 +455,9 @@ impl Store {
         rv: Option<u64>,
         initial_events: bool,
     ) -> Result<WatchStart, ApiError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        trim(&mut inner);
+        let inner = inner;
         let live = self.events.subscribe();
         let k = key(resource);
         let current = || -> Vec<Arc<Event>> {
@@ -425,10 +481,11 @@ impl Store {
         let backlog = match rv {
             _ if initial_events => current(),
             None | Some(0) => current(),
-            Some(rv) if rv < inner.compacted => return Err(ApiError::expired(rv)),
+            Some(rv) if rv < inner.compacted => return Err(ApiError::expired(rv, inner.compacted + 1)),
             Some(rv) => inner
                 .history
                 .iter()
+                .map(|(_, e)| e)
                 .filter(|e| e.rv > rv && e.key == k)
                 .cloned()
                 .collect(),
@@ -523,7 +580,18 @@ fn update_locked(
         object
     };
     new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-    if (resource.custom || resource.plural == "customresourcedefinitions") && spec_of(&new) != spec_of(&old) {
+    if resource.group.is_empty() && resource.plural == "services" && !status_only {
+        default_service(inner, &mut new, Some(&old));
+    }
+    if resource.plural == "deployments" && !status_only {
+        default_deployment(&mut new);
+    }
+    if resource.plural == "namespaces" && !status_only {
+        // Labels and spec a namespace cannot lose.
+        new["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+        new["spec"] = old["spec"].clone();
+    }
+    if resource.tracks_generation() && spec_of(&new) != spec_of(&old) {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
         new["metadata"]["generation"] = json!(generation);
     }
@@ -531,11 +599,16 @@ fn update_locked(
         register_crd(inner, &new);
         new["status"] = crd_status(&new);
     }
+    schema::default(resource, &mut new);
+    if inner.enforce_schemas {
+        schema::validate(resource, &new, Some(&old), status_only)?;
+    }
     if new == old {
         return Ok(with_version(&old, resource));
     }
     let finalizers_gone = new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
-    if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_gone {
+    // A namespace waits for the namespace controller (its spec.finalizers), not for this.
+    if !new["metadata"]["deletionTimestamp"].is_null() && finalizers_gone && resource.plural != "namespaces" {
         let deleted = commit(inner, events, resource, &namespace, name, None, "DELETED");
         collect_garbage(inner, events, &deleted, Propagation::Background);
         return Ok(deleted);
@@ -564,6 +637,24 @@ fn delete_locked(
     else {
         return Err(ApiError::not_found(resource, name));
     };
+    if resource.group.is_empty() && resource.plural == "namespaces" {
+        // The namespace controller's work: Terminating now, contents and then the namespace
+        // later (see `finalize_namespace`).
+        if object["metadata"]["deletionTimestamp"].is_null() {
+            object["metadata"]["deletionTimestamp"] = json!(now());
+            object["status"]["phase"] = json!("Terminating");
+            return Ok(commit(
+                inner,
+                events,
+                resource,
+                &namespace,
+                name,
+                Some(object),
+                "MODIFIED",
+            ));
+        }
+        return Ok(with_version(&object, resource));
+    }
     if propagation == Propagation::Foreground {
         // Dependents first, then the owner (the API returns the owner as it waits).
         let mut waiting = object.clone();
@@ -600,9 +691,6 @@ fn delete_locked(
             ));
         }
         return Ok(with_version(&object, resource));
-    }
-    if resource.plural == "namespaces" {
-        purge_namespace(inner, events, name);
     }
     if resource.plural == "customresourcedefinitions" {
         unregister_crd(inner, events, &object);
@@ -653,12 +741,28 @@ fn collect_garbage(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, ow
     }
 }
 
-fn purge_namespace(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, namespace: &str) {
+/// One pass of the namespace controller over a Terminating namespace: deletes what is in it
+/// (objects with finalizers wait for them), then, once it is empty, the namespace. Returns
+/// `true` when the namespace is gone (or was never Terminating).
+fn finalize_namespace_locked(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, namespace: &str) -> bool {
+    let ns_key = (String::new(), "namespaces".to_string());
+    let Some(ns) = inner
+        .objects
+        .get(&ns_key)
+        .and_then(|m| m.get(&(String::new(), namespace.to_string())))
+        .cloned()
+    else {
+        return true;
+    };
+    if ns["metadata"]["deletionTimestamp"].is_null() {
+        return true;
+    }
     let resources: Vec<Resource> = inner.resources.iter().filter(|r| r.namespaced).cloned().collect();
-    for resource in resources {
+    let mut remaining = 0;
+    for resource in &resources {
         let names: Vec<String> = inner
             .objects
-            .get(&key(&resource))
+            .get(&key(resource))
             .map(|m| {
                 m.keys()
                     .filter(|(ns, _)| ns == namespace)
@@ -667,9 +771,29 @@ fn purge_namespace(inner: &mut Inner, events: &broadcast::Sender<Arc<Event>>, na
             })
             .unwrap_or_default();
         for name in names {
-            commit(inner, events, &resource, namespace, &name, None, "DELETED");
+            let _ = delete_locked(inner, events, resource, namespace, &name, Propagation::Background);
+            let still_there = inner
+                .objects
+                .get(&key(resource))
+                .is_some_and(|m| m.contains_key(&(namespace.to_string(), name.clone())));
+            remaining += usize::from(still_there);
         }
     }
+    let held = ns["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    if remaining > 0 || held {
+        return false;
+    }
+    let Some(resource) = inner
+        .resources
+        .iter()
+        .find(|r| r.group.is_empty() && r.plural == "namespaces")
+        .cloned()
+    else {
+        return true;
+    };
+    let deleted = commit(inner, events, &resource, "", namespace, None, "DELETED");
+    collect_garbage(inner, events, &deleted, Propagation::Background);
+    true
 }
 
 /// Stores (or removes) an object under a new resourceVersion and publishes the event.
@@ -709,17 +833,22 @@ fn commit(
         type_,
         object: shown.clone(),
     });
-    inner.history.push_back(event.clone());
+    inner.history.push_back((Instant::now(), event.clone()));
     trim(inner);
     let _ = events.send(event);
     shown
 }
 
+/// Drops what a real server no longer has: beyond the count limit (the watch cache's capacity)
+/// or older than the window (etcd compaction).
 fn trim(inner: &mut Inner) {
-    while inner.history.len() > inner.history_limit {
-        if let Some(old) = inner.history.pop_front() {
-            inner.compacted = old.rv;
+    let now = Instant::now();
+    while let Some((at, event)) = inner.history.front() {
+        if inner.history.len() <= inner.history_limit && now.duration_since(*at) <= inner.history_window {
+            break;
         }
+        inner.compacted = event.rv;
+        inner.history.pop_front();
     }
 }
 
@@ -759,6 +888,117 @@ fn crd_status(crd: &Value) -> Value {
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": t}
         ]
     })
+}
+
+/// A namespace being deleted takes nothing new (403, as the real server answers).
+fn check_not_terminating(inner: &Inner, resource: &Resource, namespace: &str, name: &str) -> Result<(), ApiError> {
+    let terminating = inner
+        .objects
+        .get(&(String::new(), "namespaces".to_string()))
+        .and_then(|m| m.get(&(String::new(), namespace.to_string())))
+        .is_some_and(|ns| !ns["metadata"]["deletionTimestamp"].is_null());
+    if !terminating {
+        return Ok(());
+    }
+    Err(ApiError {
+        code: 403,
+        reason: "Forbidden",
+        message: format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+            resource.qualified()
+        ),
+        details: json!({"name": name, "group": resource.group, "kind": resource.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}]}),
+    })
+}
+
+/// The core Event rule kubectl users meet: `involvedObject.namespace` matches the Event's.
+fn check_event(resource: &Resource, namespace: &str, name: &str, event: &Value) -> Result<(), ApiError> {
+    let involved = event["involvedObject"]["namespace"].as_str().unwrap_or("");
+    let ok = if involved.is_empty() {
+        namespace.is_empty() || namespace == "default"
+    } else {
+        involved == namespace
+    };
+    if ok {
+        return Ok(());
+    }
+    let mut error = ApiError::invalid(
+        resource,
+        name,
+        "involvedObject.namespace",
+        &format!("Invalid value: \"{involved}\": does not match event.namespace"),
+    );
+    if let Some(details) = error.details.as_object_mut() {
+        details.remove("group");
+    }
+    Err(error)
+}
+
+/// What the Service registry fills in: a cluster IP (kept across updates), type, ports' protocol
+/// and target port, the single-stack IPv4 family.
+fn default_service(inner: &mut Inner, service: &mut Value, old: Option<&Value>) {
+    let spec = &mut service["spec"];
+    if spec["type"].is_null() {
+        spec["type"] = json!("ClusterIP");
+    }
+    if spec["type"] != "ExternalName" {
+        if spec["clusterIP"].as_str().is_none_or(str::is_empty) {
+            let kept = old.and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string));
+            let ip = kept.unwrap_or_else(|| {
+                let n = inner.next_cluster_ip;
+                inner.next_cluster_ip += 1;
+                format!("10.96.{}.{}", n / 256, n % 256)
+            });
+            spec["clusterIP"] = json!(ip);
+        }
+        spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
+        if spec["ipFamilies"].is_null() {
+            spec["ipFamilies"] = json!(["IPv4"]);
+        }
+        if spec["ipFamilyPolicy"].is_null() {
+            spec["ipFamilyPolicy"] = json!("SingleStack");
+        }
+        if spec["internalTrafficPolicy"].is_null() {
+            spec["internalTrafficPolicy"] = json!("Cluster");
+        }
+    }
+    if spec["sessionAffinity"].is_null() {
+        spec["sessionAffinity"] = json!("None");
+    }
+    if let Some(ports) = spec["ports"].as_array_mut() {
+        for port in ports {
+            if port["protocol"].is_null() {
+                port["protocol"] = json!("TCP");
+            }
+            if port["targetPort"].is_null() {
+                port["targetPort"] = port["port"].clone();
+            }
+        }
+    }
+    if service["status"].is_null() {
+        service["status"] = json!({"loadBalancer": {}});
+    }
+}
+
+/// What the Deployment registry fills in (nothing runs here, so status stays empty).
+fn default_deployment(deployment: &mut Value) {
+    let spec = &mut deployment["spec"];
+    if spec["replicas"].is_null() {
+        spec["replicas"] = json!(1);
+    }
+    if spec["strategy"]["type"].is_null() {
+        spec["strategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}});
+    }
+    if spec["revisionHistoryLimit"].is_null() {
+        spec["revisionHistoryLimit"] = json!(10);
+    }
+    if spec["progressDeadlineSeconds"].is_null() {
+        spec["progressDeadlineSeconds"] = json!(600);
+    }
+    if deployment["status"].is_null() {
+        deployment["status"] = json!({});
+    }
 }
 
 fn check_namespace(inner: &Inner, namespace: &str) -> Result<(), ApiError> {

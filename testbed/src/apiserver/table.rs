@@ -9,6 +9,11 @@ const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is requi
 
 /// A Table of `objects`.
 pub fn render(resource: &Resource, objects: &[Value], resource_version: u64) -> Value {
+    if !resource.custom
+        && let Some(table) = super::builtin_table::render(resource, objects, resource_version)
+    {
+        return table;
+    }
     let mut columns = vec![
         json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DESCRIPTION, "priority": 0}),
     ];
