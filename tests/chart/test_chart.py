@@ -96,6 +96,8 @@ def test_every_optional_feature_renders() -> None:
     assert policy["ingress"][0]["from"] == ALL_ON["networkPolicy"]["webhookFrom"]
     egress_ports = sorted({p["port"] for r in policy["egress"] for p in r["ports"]})
     assert egress_ports == [53, 443, 6443]
+    # 443 (Atlassian) once, whatever the API server ports are.
+    assert [p["port"] for p in policy["egress"][1]["ports"]] == [443, 6443]
 
 
 def test_alerts_cover_expiry_revocation_reauthorization_refresh_failures_and_leadership() -> None:
