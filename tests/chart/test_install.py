@@ -116,7 +116,8 @@ def test_helm_install_upgrade_uninstall_keeps_the_keys_secret(cluster: Cluster) 
     values = {"publicUrl": "https://auth.acme.test", "replicaCount": 1, "podDisruptionBudget": {"enabled": True}}
     with cluster.helm(ns) as helm:
         release = helm.install(str(CHART), "cao", values, namespace=ns, timeout=120)
-        assert release["info"]["status"] == "deployed", release["info"]
+        assert (release["revision"], release["status"]) == (1, "deployed"), release["status"]
+        assert "get cfi acme -o jsonpath='{.status.authorizationUrl}'" in release["notes"]
         deployment = cluster.get("-n", ns, "deployment", "cao-confluence-auth-operator")
         assert deployment is not None and deployment["spec"]["replicas"] == 1
         assert cluster.get("crd", "confluenceinstallations.confluence-auth.dev") is not None
@@ -132,7 +133,7 @@ def test_helm_install_upgrade_uninstall_keeps_the_keys_secret(cluster: Cluster) 
         assert sorted(keys["data"]) == ["key-1", "primary"]
 
         upgraded = helm.upgrade(str(CHART), "cao", {**values, "replicaCount": 3}, namespace=ns, timeout=120)
-        assert upgraded["version"] == 2 and upgraded["info"]["status"] == "deployed"
+        assert (upgraded["revision"], upgraded["status"]) == (2, "deployed"), upgraded["status"]
         deployment = cluster.get("-n", ns, "deployment", "cao-confluence-auth-operator")
         assert deployment is not None and deployment["spec"]["replicas"] == 3
 
