@@ -185,7 +185,7 @@ async fn replicas_starting_at_once_end_with_one_key() {
         .collect();
     assert_eq!(creates.iter().filter(|s| **s == 201).count(), 1, "{creates:?}");
     assert!(
-        creates.iter().any(|s| *s == 409),
+        creates.contains(&409),
         "the replicas did not race (creates: {creates:?})"
     );
     let stored = keys_secret(&env, &ns).await.unwrap();
