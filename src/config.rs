@@ -81,9 +81,76 @@ pub struct RunArgs {
     /// Watch only these namespaces, comma separated (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Read `spec.clientSecretRef` only from Secrets labelled
+    /// `confluence-auth.dev/client-secret=true` (for clusters where namespace users must not
+    /// point the operator at arbitrary Secrets of their namespace).
+    #[arg(long, env = "REQUIRE_CLIENT_SECRET_LABEL")]
+    pub require_client_secret_label: bool,
     /// Lifetime of an authorization link.
     #[arg(long, env = "LINK_TTL", default_value = "24h", value_parser = parse_duration)]
     pub link_ttl: std::time::Duration,
+    /// Sites the operator may contact (`spec.site`, tenant info), comma separated: a site must be
+    /// a DNS name strictly under one of these suffixes. Replaces the default list.
+    #[arg(
+        long,
+        env = "ALLOWED_SITE_SUFFIXES",
+        value_delimiter = ',',
+        default_values_t = crate::validation::DEFAULT_SITE_SUFFIXES.iter().map(|s| s.to_string()),
+        value_parser = parse_site_suffix
+    )]
+    pub allowed_site_suffixes: Vec<String>,
+    /// Requests per second one client may make to `/oauth/…` in the long run (0: no limit).
+    #[arg(long, env = "WEBHOOK_RATE_LIMIT", default_value_t = 2.0, value_parser = parse_rate)]
+    pub webhook_rate_limit: f64,
+    /// Requests one client may make to `/oauth/…` in a burst before the rate limit applies.
+    #[arg(long, env = "WEBHOOK_RATE_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_rate_burst: u32,
+    /// Key the rate limit by the last address in `X-Forwarded-For` instead of the peer
+    /// address. Only behind a proxy that appends it (an ingress); otherwise clients choose it.
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Connections the OAuth web server holds at once; further ones are closed at once.
+    #[arg(long, env = "WEBHOOK_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_connections: u32,
+    /// How long a client may take to send a request's headers (and then its body), and how
+    /// long an idle keep-alive connection waits for its next request, before it is closed.
+    #[arg(long, env = "WEBHOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub webhook_header_timeout: std::time::Duration,
+}
+
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("a timeout of zero would close every connection at once".into()),
+        d => Ok(d),
+    }
+}
+
+fn parse_site_suffix(text: &str) -> Result<String, String> {
+    let suffix = text.trim().trim_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = suffix.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    // A numeric last label would make the suffix an IP address (or part of one).
+    let numeric_tld = labels.last().is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if labels.len() >= 2 && labels.iter().all(label_ok) && !numeric_tld {
+        Ok(suffix)
+    } else {
+        Err(format!(
+            "{text:?} is not a domain suffix with at least two labels, e.g. atlassian.net"
+        ))
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate in requests per second, e.g. 2 or 0.5")),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -97,4 +164,56 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line, for log pipelines.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "confluence-auth-operator",
+            "run",
+            "--public-url",
+            "http://127.0.0.1:8080",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hardening_flags_have_safe_defaults() {
+        let args = run(&[]).unwrap();
+        assert_eq!(args.allowed_site_suffixes, ["atlassian.net", "jira.com"]);
+        assert_eq!((args.webhook_rate_limit, args.webhook_rate_burst), (2.0, 20));
+        assert!(!args.trust_forwarded_for);
+        assert_eq!(args.webhook_max_connections, 1024);
+        assert_eq!(args.webhook_header_timeout, std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn allowed_site_suffixes_replace_the_defaults_and_are_normalised() {
+        let args = run(&["--allowed-site-suffixes", "Example.ORG,.corp.example.net."]).unwrap();
+        assert_eq!(args.allowed_site_suffixes, ["example.org", "corp.example.net"]);
+    }
+
+    #[test]
+    fn unsafe_values_are_refused_at_start() {
+        for bad in [
+            &["--allowed-site-suffixes", "com"][..],
+            &["--allowed-site-suffixes", "atlassian.net,"],
+            &["--allowed-site-suffixes", "10.0.0.0/8"],
+            &["--allowed-site-suffixes", "0.1"],
+            &["--webhook-rate-limit", "-1"],
+            &["--webhook-rate-limit", "NaN"],
+            &["--webhook-rate-burst", "0"],
+            &["--webhook-max-connections", "0"],
+            &["--webhook-header-timeout", "0s"],
+        ] {
+            assert!(run(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

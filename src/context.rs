@@ -50,12 +50,41 @@ pub struct Context {
     pub link_ttl: Duration,
     /// Time source.
     pub clock: Clock,
+    /// Where the operator runs and keeps its keys Secret.
+    pub operator_namespace: String,
+    /// Name of the keys Secret (never read as a client secret).
+    pub keys_secret: String,
+    /// The namespaces listed with `--namespaces` (empty: all but the operator's own).
+    pub namespaces: Vec<String>,
+    /// Read a client secret only from Secrets labelled `confluence-auth.dev/client-secret=true`.
+    pub require_client_secret_label: bool,
+    /// `spec.site` must be a host strictly under one of these (`--allowed-site-suffixes`).
+    pub allowed_site_suffixes: Vec<String>,
 }
 
 impl Context {
     /// The OAuth `redirect_uri`: `<public-url>/oauth/callback`.
     pub fn redirect_uri(&self) -> String {
         format!("{}/oauth/callback", self.public_url)
+    }
+
+    /// True when resources in `namespace` are this operator's to serve: a listed namespace, or,
+    /// with no list, any namespace but the operator's own (which holds its keys).
+    pub fn in_scope(&self, namespace: &str) -> bool {
+        if self.namespaces.is_empty() {
+            namespace != self.operator_namespace
+        } else {
+            self.namespaces.iter().any(|n| n == namespace)
+        }
+    }
+
+    /// What may be read as a client secret.
+    pub fn client_secret_policy(&self) -> crate::store::ClientSecretPolicy<'_> {
+        crate::store::ClientSecretPolicy {
+            keys_namespace: &self.operator_namespace,
+            keys_secret: &self.keys_secret,
+            require_label: self.require_client_secret_label,
+        }
     }
 
     /// Cookies get `Secure` only when browsers reach us over https.

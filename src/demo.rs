@@ -57,7 +57,17 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         operator_namespace: Some(OPERATOR_NAMESPACE.into()),
         keys_secret: "confluence-auth-operator-keys".into(),
         namespaces: Vec::new(),
+        require_client_secret_label: false,
         link_ttl: Duration::from_secs(24 * 3600),
+        allowed_site_suffixes: crate::validation::DEFAULT_SITE_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        webhook_rate_limit: 2.0,
+        webhook_rate_burst: 20,
+        trust_forwarded_for: false,
+        webhook_max_connections: 1024,
+        webhook_header_timeout: Duration::from_secs(10),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let operator_client = client.clone();
@@ -178,18 +188,38 @@ async fn install(client: &Client) -> DemoResult<()> {
     Ok(())
 }
 
-/// Follows a start link through consent to the callback, as a browser would.
+/// Follows a start link as a browser would: the confirmation page, its button, Atlassian's
+/// consent, the callback.
 async fn browse(link: &str) -> DemoResult<()> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let start = http.get(link).send().await?;
-    let cookie = start
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string);
+    let page = http.get(link).send().await?;
+    let confirm_cookie = first_cookie(&page);
+    let html = page.text().await?;
+    let field = |marker: &str| -> DemoResult<String> {
+        let start = html.find(marker).ok_or("the confirmation page has no form")? + marker.len();
+        let rest = &html[start..];
+        Ok(rest[..rest.find('"').ok_or("malformed form")?].to_string())
+    };
+    let (action, nonce, csrf) = (
+        field("action=\"")?,
+        field("name=\"nonce\" value=\"")?,
+        field("name=\"csrf\" value=\"")?,
+    );
+    say("the link shows a confirmation page naming the resource; pressing its button");
+    let origin = link.split("/oauth/").next().unwrap_or_default();
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("nonce", nonce), ("csrf", csrf)])
+        .finish();
+    let start = http
+        .post(format!("{origin}{action}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("Cookie", confirm_cookie.unwrap_or_default())
+        .body(body)
+        .send()
+        .await?;
+    let cookie = first_cookie(&start);
     let consent_url = location(&start)?;
     let consent = http.get(consent_url).send().await?;
     let callback = location(&consent)?;
@@ -212,6 +242,16 @@ async fn browse(link: &str) -> DemoResult<()> {
     } else {
         Err(format!("the callback answered {status}").into())
     }
+}
+
+/// The `name=value` of the first `Set-Cookie` of an answer.
+fn first_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
 }
 
 fn location(response: &reqwest::Response) -> DemoResult<String> {

@@ -3,6 +3,7 @@
 //! The path of a token: `crd` (what users ask for) → `validation` (is the spec sound) →
 //! `vault` (the encrypted token set at rest).
 
+pub mod claim;
 pub mod config;
 pub mod context;
 pub mod controller;
@@ -11,6 +12,7 @@ pub mod crd;
 pub mod demo;
 pub mod duration;
 pub mod grant;
+pub mod http_guard;
 pub mod metrics;
 pub mod oauth;
 pub mod operator;

@@ -12,15 +12,26 @@ use warp::Filter;
 use crate::config::RunArgs;
 use crate::context::{Clock, Context};
 use crate::controller::{self, Shared};
+use crate::http_guard;
 use crate::metrics::Metrics;
 use crate::oauth::atlassian::{self, AtlassianClient, Endpoints};
 use crate::store;
 use crate::vault::{KeyRing, VaultError};
 use crate::webhook::{self, Readiness};
 
-/// Why the operator could not start.
+/// Why the operator could not start, or stopped without being asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A part of the operator (the controllers, a web server) ended while the process was not
+    /// shutting down. The process exits non-zero so Kubernetes restarts it instead of keeping
+    /// a pod that answers `/readyz` but reconciles nothing.
+    #[error("the {task} stopped unexpectedly ({how}); exiting so the pod is restarted")]
+    Stopped {
+        /// Which part.
+        task: &'static str,
+        /// `panicked`, `returned` or `was cancelled`.
+        how: &'static str,
+    },
     /// The keys Secret could not be read or created.
     #[error("the keys Secret {namespace}/{name} could not be read or created: {source}")]
     KeysSecret {
@@ -107,6 +118,11 @@ pub async fn run(
         public_url: args.public_url.as_str().trim_end_matches('/').to_string(),
         link_ttl: args.link_ttl,
         clock: Clock::system(),
+        operator_namespace: namespace.clone(),
+        keys_secret: args.keys_secret.clone(),
+        namespaces: args.namespaces.clone(),
+        require_client_secret_label: args.require_client_secret_label,
+        allowed_site_suffixes: args.allowed_site_suffixes.clone(),
     };
     let metrics = Metrics::default();
     let readiness = Readiness::default();
@@ -137,27 +153,107 @@ pub async fn run(
             let _ = rx.recv().await;
         }
     };
+    let limiter = (args.webhook_rate_limit > 0.0).then(|| {
+        http_guard::RateLimiter::new(
+            args.webhook_rate_burst,
+            args.webhook_rate_limit,
+            args.trust_forwarded_for,
+        )
+    });
+    let webhook_limits = http_guard::Limits {
+        max_connections: usize::try_from(args.webhook_max_connections).unwrap_or(usize::MAX),
+        header_timeout: args.webhook_header_timeout,
+        body_timeout: args.webhook_header_timeout,
+        rate_limit: limiter.map(webhook::rate_limit),
+    };
+    let metrics_limits = http_guard::Limits {
+        max_connections: METRICS_MAX_CONNECTIONS,
+        header_timeout: args.webhook_header_timeout,
+        body_timeout: args.webhook_header_timeout,
+        rate_limit: None,
+    };
     let web = tokio::spawn(webhook::serve(
         ctx.clone(),
         metrics.clone(),
         readiness.clone(),
         webhook_listener,
+        webhook_limits,
         stopped(&stop_tx),
     ));
     let metrics_server = tokio::spawn(serve_metrics(
         metrics.clone(),
         readiness.clone(),
         metrics_listener,
+        metrics_limits,
         stopped(&stop_tx),
     ));
     let shared = Arc::new(Shared { ctx, metrics });
     let controllers = tokio::spawn(controller::run(shared, args.namespaces.clone(), stopped(&stop_tx)));
     readiness.set_ready();
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(());
-    let _ = tokio::join!(web, metrics_server, controllers);
-    Ok(())
+    let tasks = vec![
+        ("controllers", controllers),
+        ("OAuth web server", web),
+        ("metrics server", metrics_server),
+    ];
+    supervise(tasks, shutdown, move || {
+        let _ = stop_tx.send(());
+    })
+    .await
+}
+
+/// Connections the metrics server holds at once (scrapers and probes only).
+const METRICS_MAX_CONNECTIONS: usize = 64;
+/// How long the other tasks get to stop once one ended unexpectedly.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits for `shutdown` or for any of `tasks` to end, whichever comes first, then calls `stop`
+/// and waits for the tasks. A task that ends (returns, panics or is cancelled) before
+/// `shutdown` is an error naming it: the caller exits non-zero rather than run on without it.
+pub async fn supervise(
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    shutdown: impl std::future::Future<Output = ()>,
+    stop: impl FnOnce(),
+) -> Result<(), StartError> {
+    let (names, handles): (Vec<&'static str>, Vec<_>) = tasks.into_iter().unzip();
+    if handles.is_empty() {
+        shutdown.await;
+        stop();
+        return Ok(());
+    }
+    let mut any_ended = futures::future::select_all(handles);
+    let shutdown = std::pin::pin!(shutdown);
+    let ended = tokio::select! {
+        () = shutdown => None,
+        ended = &mut any_ended => Some(ended),
+    };
+    stop();
+    match ended {
+        None => {
+            tracing::info!("shutting down");
+            let _ = futures::future::join_all(any_ended.into_inner()).await;
+            Ok(())
+        }
+        Some((result, index, rest)) => {
+            let how = match result {
+                Ok(()) => "returned",
+                Err(e) if e.is_panic() => "panicked",
+                Err(_) => "was cancelled",
+            };
+            let task = names[index];
+            tracing::error!(
+                task,
+                how,
+                "a part of the operator stopped unexpectedly; stopping the rest"
+            );
+            if tokio::time::timeout(STOP_TIMEOUT, futures::future::join_all(rest))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the other parts did not stop in time");
+            }
+            Err(StartError::Stopped { task, how })
+        }
+    }
 }
 
 /// `--operator-namespace`, else the service account's namespace, else the client's default.
@@ -267,6 +363,7 @@ async fn serve_metrics(
     metrics: Metrics,
     readiness: Readiness,
     listener: tokio::net::TcpListener,
+    limits: http_guard::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scrape = warp::path!("metrics").map(move || {
@@ -286,5 +383,99 @@ async fn serve_metrics(
         warp::reply::with_status(text.to_string(), status)
     });
     let routes = warp::get().and(scrape.or(health).or(ready));
-    warp::serve(routes).incoming(listener).graceful(shutdown).run().await;
+    http_guard::serve(listener, warp::service(routes), limits, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn flag() -> (Arc<AtomicBool>, impl FnOnce()) {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        (flag, move || set.store(true, Ordering::SeqCst))
+    }
+
+    /// A task that runs until `stop` is called.
+    fn until_stopped(rx: &tokio::sync::broadcast::Sender<()>) -> tokio::task::JoinHandle<()> {
+        let mut rx = rx.subscribe();
+        tokio::spawn(async move {
+            let _ = rx.recv().await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_an_error_naming_it_and_stops_the_rest() {
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let other = until_stopped(&stop_tx);
+        let panicking = tokio::spawn(async {
+            tokio::task::yield_now().await;
+            panic!("arithmetic overflow");
+        });
+        let result = supervise(
+            vec![("controllers", panicking), ("web server", other)],
+            std::future::pending(),
+            move || {
+                let _ = stop_tx.send(());
+            },
+        )
+        .await;
+        assert!(matches!(
+            result,
+            Err(StartError::Stopped {
+                task: "controllers",
+                how: "panicked"
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_is_an_error_too() {
+        let (stopped, stop) = flag();
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let other = until_stopped(&stop_tx);
+        let returning = tokio::spawn(async {});
+        let result = supervise(
+            vec![("web server", other), ("controllers", returning)],
+            std::future::pending(),
+            move || {
+                stop();
+                let _ = stop_tx.send(());
+            },
+        )
+        .await;
+        assert!(matches!(
+            result,
+            Err(StartError::Stopped {
+                task: "controllers",
+                how: "returned"
+            })
+        ));
+        assert!(stopped.load(Ordering::SeqCst));
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("the controllers stopped unexpectedly (returned)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_requested_shutdown_stops_every_task_and_is_no_error() {
+        let (stopped, stop) = flag();
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let tasks = vec![
+            ("controllers", until_stopped(&stop_tx)),
+            ("web server", until_stopped(&stop_tx)),
+        ];
+        let result = supervise(tasks, std::future::ready(()), move || {
+            stop();
+            let _ = stop_tx.send(());
+        })
+        .await;
+        assert!(result.is_ok());
+        assert!(stopped.load(Ordering::SeqCst));
+    }
 }

@@ -37,12 +37,13 @@ pub async fn refresh(
     Ok(TokenSet {
         access_token: answer.access_token,
         refresh_token: answer.refresh_token.or_else(|| current.refresh_token.clone()),
-        expires_at: now + jiff::SignedDuration::from_secs(answer.expires_in as i64),
+        expires_at: crate::oauth::atlassian::token_expiry(now, answer.expires_in),
         scopes,
         cloud_id: current.cloud_id.clone(),
         site_url: current.site_url.clone(),
         account_id: current.account_id.clone(),
         obtained_at: now,
         consented_at: current.consented_at,
+        installation: current.installation.clone(),
     })
 }

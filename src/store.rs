@@ -3,6 +3,10 @@
 //! Order on every new token set: the vault first (a rotated refresh token must never be lost),
 //! then the token Secret, then status. Every write is a replace carrying the resourceVersion it
 //! read (or a create), so a concurrent writer makes it fail with 409 rather than be overwritten.
+//!
+//! Ownership: the operator creates a Secret, or replaces one whose controller ownerReference is
+//! the writing resource itself (same uid), and nothing else. A name taken by anything else is a
+//! [`StoreError::SecretConflict`]: no write, whoever holds it keeps it.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +24,8 @@ use crate::vault::{Binding, KeyRing, VaultError};
 pub const VAULT_TYPE: &str = "confluence-auth.dev/vault";
 /// Type of the token Secret.
 pub const TOKEN_TYPE: &str = "confluence-auth.dev/access-token";
+/// Type of an account-claim Secret (one Atlassian account per installation, see `claim`).
+pub const CLAIM_TYPE: &str = "confluence-auth.dev/account-claim";
 /// Key of the envelope in the vault Secret.
 pub const ENVELOPE_KEY: &str = "envelope";
 /// Value of `app.kubernetes.io/managed-by`.
@@ -38,6 +44,15 @@ pub enum StoreError {
     /// The vault Secret exists but holds no readable token set.
     #[error("the vault Secret holds no readable token set")]
     Corrupt,
+    /// A Secret this resource would write exists and is not this resource's (another resource's,
+    /// or created by someone else): it is left alone.
+    #[error(
+        "Secret {0:?} already exists and is not owned by this resource: choose another spec.secretName or resource name, or delete that Secret"
+    )]
+    SecretConflict(String),
+    /// `spec.clientSecretRef` names a Secret the operator never reads as a client secret.
+    #[error("{0}")]
+    ClientSecretRefused(String),
 }
 
 impl StoreError {
@@ -47,6 +62,8 @@ impl StoreError {
             Self::Kube(_) => "KubernetesApi",
             Self::Vault(e) => e.category(),
             Self::Corrupt => "VaultUnreadable",
+            Self::SecretConflict(_) => "SecretConflict",
+            Self::ClientSecretRefused(_) => "ClientSecretRefused",
         }
     }
 
@@ -114,6 +131,8 @@ pub async fn write_tokens<K: CredentialResource>(
         &tokens.to_json(),
     )?;
     let vault = BTreeMap::from([(ENVELOPE_KEY.to_string(), ByteString(envelope))]);
+    // Both names are checked before either is written, so a conflict leaves nothing half-stored.
+    check_owned(client, owner, &[&vault_secret_name(&name), token_secret_name]).await?;
     put_secret(client, owner, &vault_secret_name(&name), VAULT_TYPE, vault).await?;
     put_secret(
         client,
@@ -154,7 +173,33 @@ pub fn labels<K: CredentialResource>(owner: &K) -> BTreeMap<String, String> {
     ])
 }
 
-/// Creates or replaces an owned Secret, optimistic on resourceVersion.
+/// True when `secret`'s controller ownerReference is `owner` itself (same uid).
+pub fn owned_by<K: CredentialResource>(secret: &Secret, owner: &K) -> bool {
+    let uid = owner.uid();
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref() && r.kind == K::kind(&()))
+}
+
+/// Fails with [`StoreError::SecretConflict`] naming the first of `names` that exists and is not
+/// `owner`'s; missing names are fine (they will be created).
+pub async fn check_owned<K: CredentialResource>(client: &Client, owner: &K, names: &[&str]) -> Result<(), StoreError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+    for name in names {
+        if let Some(secret) = secrets.get_opt(name).await?
+            && !owned_by(&secret, owner)
+        {
+            return Err(StoreError::SecretConflict((*name).to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a Secret, or replaces the one `owner` already controls, optimistic on the
+/// resourceVersion of the very read that checked its owner. Anything else is a conflict.
 async fn put_secret<K: CredentialResource>(
     client: &Client,
     owner: &K,
@@ -181,6 +226,9 @@ async fn put_secret<K: CredentialResource>(
             ..Secret::default()
         };
         let result = match existing {
+            Some(current) if !owned_by(&current, owner) => {
+                return Err(StoreError::SecretConflict(name.to_string()));
+            }
             Some(current) => {
                 secret.metadata.resource_version = current.metadata.resource_version;
                 secrets.replace(name, &PostParams::default(), &secret).await
@@ -189,10 +237,38 @@ async fn put_secret<K: CredentialResource>(
         };
         match result {
             Ok(_) => return Ok(()),
+            // A concurrent writer (or a create race): read again and re-check the owner.
             Err(kube::Error::Api(status)) if (status.code == 409) && attempt < CONFLICT_RETRIES => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Deletes `owner`'s Secrets named `names` (only those it controls; preconditioned on their
+/// uid), e.g. to undo a grant whose flow turned out to be stale.
+pub async fn delete_owned<K: CredentialResource>(client: &Client, owner: &K, names: &[&str]) -> Result<(), StoreError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+    for name in names {
+        let Some(secret) = secrets.get_opt(name).await? else {
+            continue;
+        };
+        if !owned_by(&secret, owner) {
+            continue;
+        }
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: secret.metadata.uid.clone(),
+                resource_version: secret.metadata.resource_version.clone(),
+            }),
+            ..Default::default()
+        };
+        match secrets.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Re-reads `obj`, applies `change` to it, and replaces its status (retrying on 409).
@@ -220,16 +296,87 @@ pub async fn update_status<K: CredentialResource>(
     }
 }
 
-/// Reads the client secret named by `reference`; `Ok(None)` when the Secret or key is missing.
+/// Like [`update_status`], but `change` may refuse: it runs on the freshly read object inside
+/// the same optimistic (resourceVersion-preconditioned) replace, so its checks and its write
+/// cannot interleave with another writer. `Ok(Err(e))` is a refusal: nothing was written.
+pub async fn update_status_if<K: CredentialResource, E>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    change: impl Fn(&mut K) -> Result<(), E>,
+) -> Result<Result<K, E>, StoreError> {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut current = api.get(name).await?;
+        if let Err(refused) = change(&mut current) {
+            return Ok(Err(refused));
+        }
+        match api.replace_status(name, &PostParams::default(), &current).await {
+            Ok(updated) => return Ok(Ok(updated)),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < CONFLICT_RETRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Label a referenced client-secret Secret must carry when `--require-client-secret-label` is on.
+pub const CLIENT_SECRET_LABEL: &str = "confluence-auth.dev/client-secret";
+
+/// Which Secrets the operator refuses to read as a client secret (DESIGN.md section 2,
+/// SECURITY.md "confused deputy").
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSecretPolicy<'a> {
+    /// Namespace of the operator's keys Secret.
+    pub keys_namespace: &'a str,
+    /// Name of the operator's keys Secret.
+    pub keys_secret: &'a str,
+    /// Only Secrets labelled `confluence-auth.dev/client-secret: "true"` are read.
+    pub require_label: bool,
+}
+
+impl ClientSecretPolicy<'_> {
+    /// Why `secret` (in `namespace`) must not be read as a client secret, if it must not.
+    pub fn refusal(&self, namespace: &str, secret: &Secret) -> Option<String> {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let labels = secret.metadata.labels.as_ref();
+        let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+        if namespace == self.keys_namespace && name == self.keys_secret {
+            return Some(format!(
+                "spec.clientSecretRef names Secret {name:?}, the operator's own master keys: it is never read as a client secret; point it at the Secret holding the Atlassian app's client secret"
+            ));
+        }
+        let managed_type = matches!(secret.type_.as_deref(), Some(VAULT_TYPE | TOKEN_TYPE | CLAIM_TYPE));
+        if managed_type || label("app.kubernetes.io/managed-by") == Some(MANAGER) {
+            return Some(format!(
+                "spec.clientSecretRef names Secret {name:?}, which the operator manages (a vault, token or claim Secret): it is never read as a client secret; point it at the Secret holding the Atlassian app's client secret"
+            ));
+        }
+        if self.require_label && label(CLIENT_SECRET_LABEL) != Some("true") {
+            return Some(format!(
+                "spec.clientSecretRef names Secret {name:?}, which lacks the label {CLIENT_SECRET_LABEL}=true that this operator requires (--require-client-secret-label): label it to allow its use"
+            ));
+        }
+        None
+    }
+}
+
+/// Reads the client secret named by `reference`; `Ok(None)` when the Secret or key is missing,
+/// [`StoreError::ClientSecretRefused`] when `policy` forbids reading that Secret.
 pub async fn client_secret(
     client: &Client,
     namespace: &str,
     reference: &crate::crd::SecretKeyRef,
+    policy: &ClientSecretPolicy<'_>,
 ) -> Result<Option<secrecy::SecretString>, StoreError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let Some(secret) = secrets.get_opt(&reference.name).await? else {
         return Ok(None);
     };
+    if let Some(why) = policy.refusal(namespace, &secret) {
+        return Err(StoreError::ClientSecretRefused(why));
+    }
     let from_data = secret
         .data
         .as_ref()

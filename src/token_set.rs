@@ -28,6 +28,10 @@ pub struct TokenSet {
     pub obtained_at: Timestamp,
     /// When the grant was first consented (the refresh token dies 365 days later).
     pub consented_at: Timestamp,
+    /// For a user grant: the installation it was granted under. Kept here, under the
+    /// envelope's authentication, because status can be written by others (SECURITY.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installation: Option<String>,
 }
 
 impl TokenSet {
@@ -79,6 +83,7 @@ mod tests {
             account_id: "acc".into(),
             obtained_at: Timestamp::from_second(1_799_996_400).unwrap(),
             consented_at: Timestamp::from_second(1_799_996_400).unwrap(),
+            installation: None,
         };
         let again = TokenSet::from_json(&set.to_json()).unwrap();
         assert_eq!(again.access_token.expose_secret(), "atl_at_secret");

@@ -289,17 +289,12 @@ pub fn is_known_scope(scope: &str) -> bool {
 }
 
 /// The host of a site written as `acme.atlassian.net`, `https://acme.atlassian.net` or with a
-/// trailing slash; `None` when it is not a host name.
+/// trailing slash; `None` when it is not a host name (a port is refused, as in the schema).
 pub fn site_host(site: &str) -> Option<String> {
     let host = site.strip_prefix("https://").unwrap_or(site);
     let host = host.strip_suffix('/').unwrap_or(host);
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (host, None),
-    };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-    let labels_ok = name.contains('.') && name.split('.').all(is_dns_label);
-    (port_ok && labels_ok && host.len() <= 253).then(|| host.to_string())
+    let labels_ok = host.contains('.') && host.split('.').all(is_dns_label);
+    (labels_ok && host.len() <= 253).then(|| host.to_string())
 }
 
 fn is_dns_label(label: &str) -> bool {
@@ -371,4 +366,140 @@ fn check_secret_name(errors: &mut Collector, name: &str, secret_name: Option<&st
 /// Name of the vault Secret of the resource named `name`.
 pub fn vault_secret_name(name: &str) -> String {
     format!("{name}-vault")
+}
+
+/// Site suffixes accepted when `--allowed-site-suffixes` is not given: Atlassian Cloud sites.
+pub const DEFAULT_SITE_SUFFIXES: &[&str] = &["atlassian.net", "jira.com"];
+
+/// Refuses a site host the operator must not contact: only DNS names strictly under one of
+/// `suffixes` (`acme.atlassian.net` under `atlassian.net`), never an IP literal, never a port,
+/// and compared label by label (so `xatlassian.net` and `atlassian.net.evil.com` do not pass).
+/// Upper case and a trailing dot are refused rather than normalised: `spec.site` is written in
+/// lower case without one, and the operator fetches exactly what was written.
+pub fn site_allowed(host: &str, suffixes: &[String]) -> Result<(), ValidationError> {
+    let allowed = suffixes.join(", ");
+    let refuse = |why: &str| {
+        Err(ValidationError {
+            violations: vec![Violation {
+                field: "spec.site".into(),
+                message: format!(
+                    "spec.site {host:?} {why}: the operator only contacts sites under the allowed suffixes ({allowed}); write the Atlassian site's host, e.g. acme.atlassian.net, or ask the operator's administrator to add the suffix to --allowed-site-suffixes"
+                ),
+            }],
+        })
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return refuse("is an IP address");
+    }
+    if host.contains(':') {
+        return refuse("carries a port");
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    if host.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label(l)) {
+        return refuse("is not a lower-case DNS name");
+    }
+    if labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
+        return refuse("is an IP address");
+    }
+    let under = |suffix: &String| {
+        let suffix = suffix.trim().trim_matches('.').to_ascii_lowercase();
+        !suffix.is_empty()
+            && host
+                .strip_suffix(suffix.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|rest| !rest.is_empty())
+    };
+    if suffixes.iter().any(under) {
+        Ok(())
+    } else {
+        refuse("is not under an allowed suffix")
+    }
+}
+
+/// [`site_allowed`] for the site an installation pins, if it pins one.
+pub fn pinned_site_allowed(policy: &InstallationPolicy, suffixes: &[String]) -> Result<(), ValidationError> {
+    policy
+        .site_host
+        .as_deref()
+        .map_or(Ok(()), |host| site_allowed(host, suffixes))
+}
+
+#[cfg(test)]
+mod site_tests {
+    use super::*;
+
+    fn defaults() -> Vec<String> {
+        DEFAULT_SITE_SUFFIXES.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sites_under_the_allowed_suffixes_pass_and_nothing_else() {
+        let cases: &[(&str, bool)] = &[
+            ("acme.atlassian.net", true),
+            ("globex.atlassian.net", true),
+            ("acme.jira.com", true),
+            ("a.b.atlassian.net", true),
+            ("atlassian.net", false),
+            ("169.254.169.254", false),
+            ("127.0.0.1", false),
+            ("::1", false),
+            ("[::1]", false),
+            ("[fd00::1]", false),
+            ("10.0.0.1.atlassian.net", true),
+            ("acme.atlassian.net:443", false),
+            ("acme.atlassian.net:8080", false),
+            ("evil.example.com", false),
+            ("atlassian.net.evil.com", false),
+            ("acme.atlassian.net.evil.com", false),
+            ("xatlassian.net", false),
+            ("acme.xatlassian.net", false),
+            ("ACME.atlassian.net", false),
+            ("acme.ATLASSIAN.NET", false),
+            ("acme.atlassian.net.", false),
+            ("", false),
+            (".atlassian.net", false),
+            ("acme..atlassian.net", false),
+            ("user@acme.atlassian.net", false),
+            ("acme.atlassian.net/path", false),
+            ("localhost", false),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(site_allowed(host, &defaults()).is_ok(), *expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_the_field_the_suffixes_and_the_fix() {
+        let err = site_allowed("evil.example.com", &defaults()).unwrap_err();
+        assert_eq!(err.violations[0].field, "spec.site");
+        let message = err.to_string();
+        assert!(message.starts_with("spec.site \"evil.example.com\""), "{message}");
+        assert!(message.contains("atlassian.net, jira.com"), "{message}");
+        assert!(message.contains("--allowed-site-suffixes"), "{message}");
+    }
+
+    #[test]
+    fn only_a_pinned_site_is_checked() {
+        let policy = |site_host: Option<&str>| InstallationPolicy {
+            refresh_before: Duration::from_secs(300),
+            health_check_interval: Duration::from_secs(300),
+            site_host: site_host.map(str::to_string),
+            token_secret_name: "t".into(),
+        };
+        assert!(pinned_site_allowed(&policy(None), &defaults()).is_ok());
+        assert!(pinned_site_allowed(&policy(Some("acme.atlassian.net")), &defaults()).is_ok());
+        assert!(pinned_site_allowed(&policy(Some("10.0.0.1")), &defaults()).is_err());
+    }
+
+    #[test]
+    fn configured_suffixes_replace_the_defaults() {
+        let only = vec!["example.org".to_string()];
+        assert!(site_allowed("wiki.example.org", &only).is_ok());
+        assert!(site_allowed("acme.atlassian.net", &only).is_err());
+        // Written with dots around it or in upper case, a configured suffix means the same.
+        assert!(site_allowed("wiki.example.org", &[" .Example.ORG. ".to_string()]).is_ok());
+        assert!(site_allowed("example.org", &[".example.org".to_string()]).is_err());
+        assert!(site_allowed("acme.atlassian.net", &[]).is_err());
+    }
 }

@@ -82,6 +82,7 @@ fn stored(tokens: &TokenResponse) -> TokenSet {
         account_id: ADA.into(),
         obtained_at: now,
         consented_at: now,
+        installation: None,
     }
 }
 

@@ -69,6 +69,32 @@ fn with_query(url: &str, drop: &str, add: &[(&str, &str)]) -> String {
     parsed.into()
 }
 
+/// The one answer for an unknown, expired, used or out-of-scope start link.
+const INVALID_LINK: &str = "unknown, has expired, or was already used";
+
+fn nonce_of(link: &str) -> String {
+    url::Url::parse(link)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "nonce")
+        .unwrap()
+        .1
+        .into_owned()
+}
+
+/// The link the operator publishes after `old` was consumed.
+async fn next_link(installations: &Api<ConfluenceInstallation>, old: &str) -> String {
+    eventually("a fresh link after a consumed one", || async {
+        installations
+            .get("acme")
+            .await
+            .ok()
+            .and_then(|o| o.credential().and_then(|c| c.authorization_url.clone()))
+            .filter(|l| l != old)
+    })
+    .await
+}
+
 struct Case {
     name: &'static str,
     status: u16,
@@ -210,16 +236,6 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
     );
     check(
         Case {
-            name: "code Atlassian rejects",
-            status: 400,
-            text: "rejected the authorization code",
-        },
-        holding(&browser)
-            .get(&with_query(&callback, "code", &[("code", "atl_code_bogus")]))
-            .await,
-    );
-    check(
-        Case {
             name: "other error",
             status: 403,
             text: "reported an error (server_error)",
@@ -249,6 +265,96 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         big_header.get(&callback).await,
     );
 
+    check(
+        Case {
+            name: "unknown kind",
+            status: 404,
+            text: INVALID_LINK,
+        },
+        browser
+            .get(&format!("{base}/oauth/start/{ns}/robot/acme?nonce=x"))
+            .await,
+    );
+    check(
+        Case {
+            name: "unknown namespace",
+            status: 404,
+            text: INVALID_LINK,
+        },
+        browser
+            .get(&format!("{base}/oauth/start/nowhere/installation/acme?nonce=x"))
+            .await,
+    );
+    check(
+        Case {
+            name: "unknown name",
+            status: 404,
+            text: INVALID_LINK,
+        },
+        browser
+            .get(&format!("{base}/oauth/start/{ns}/installation/nobody?nonce=x"))
+            .await,
+    );
+    check(
+        Case {
+            name: "wrong nonce",
+            status: 404,
+            text: INVALID_LINK,
+        },
+        browser.get(&with_query(&link, "nonce", &[("nonce", "wrong")])).await,
+    );
+    check(
+        Case {
+            name: "missing nonce",
+            status: 400,
+            text: "has no nonce",
+        },
+        browser.get(&with_query(&link, "nonce", &[])).await,
+    );
+    check(
+        Case {
+            name: "out-of-scope namespace (the operator's own)",
+            status: 404,
+            text: INVALID_LINK,
+        },
+        browser
+            .get(&format!("{base}/oauth/start/{OPERATOR_NS}/installation/acme?nonce=x"))
+            .await,
+    );
+    check(
+        Case {
+            name: "a POST without the page's token",
+            status: 403,
+            text: "did not come from the authorization link",
+        },
+        Browser::new()
+            .post_form(
+                &format!("{base}/oauth/start/{ns}/installation/acme"),
+                &[("nonce", &nonce_of(&link))],
+            )
+            .await,
+    );
+    assert_eq!(
+        snapshot(&env, &ns).await,
+        before,
+        "a bad request wrote to the API server"
+    );
+
+    // From here on a callback gets as far as consuming the link (single use is a write before
+    // the code exchange): each case needs the current link, and writes no Secret.
+    let secrets_before = secrets_only(&before);
+
+    check(
+        Case {
+            name: "code Atlassian rejects",
+            status: 400,
+            text: "rejected the authorization code",
+        },
+        holding(&browser)
+            .get(&with_query(&callback, "code", &[("code", "atl_code_bogus")]))
+            .await,
+    );
+    let link = next_link(&installations, &link).await;
     let mut no_offline = Browser::new();
     env.atlassian.withhold_scope_next("offline_access");
     let callback_no_offline = no_offline.consent(&link).await;
@@ -260,6 +366,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         },
         no_offline.get(&callback_no_offline).await,
     );
+    let link = next_link(&installations, &link).await;
 
     let mut declining = Browser::new();
     env.atlassian.decline_next_consent();
@@ -285,6 +392,7 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         },
         outage.get(&callback_5xx).await,
     );
+    let link = next_link(&installations, &link).await;
     let mut slow = Browser::new();
     let callback_slow = slow.consent(&link).await;
     env.atlassian
@@ -297,57 +405,11 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
         },
         slow.get(&callback_slow).await,
     );
-
-    check(
-        Case {
-            name: "unknown kind",
-            status: 404,
-            text: "installation or user",
-        },
-        browser
-            .get(&format!("{base}/oauth/start/{ns}/robot/acme?nonce=x"))
-            .await,
-    );
-    check(
-        Case {
-            name: "unknown namespace",
-            status: 404,
-            text: "there is no ConfluenceInstallation",
-        },
-        browser
-            .get(&format!("{base}/oauth/start/nowhere/installation/acme?nonce=x"))
-            .await,
-    );
-    check(
-        Case {
-            name: "unknown name",
-            status: 404,
-            text: "there is no ConfluenceInstallation",
-        },
-        browser
-            .get(&format!("{base}/oauth/start/{ns}/installation/nobody?nonce=x"))
-            .await,
-    );
-    check(
-        Case {
-            name: "wrong nonce",
-            status: 410,
-            text: "expired, was already used",
-        },
-        browser.get(&with_query(&link, "nonce", &[("nonce", "wrong")])).await,
-    );
-    check(
-        Case {
-            name: "missing nonce",
-            status: 400,
-            text: "has no nonce",
-        },
-        browser.get(&with_query(&link, "nonce", &[])).await,
-    );
+    let link = next_link(&installations, &link).await;
     assert_eq!(
-        snapshot(&env, &ns).await,
-        before,
-        "a bad request wrote to the API server"
+        secrets_only(&snapshot(&env, &ns).await),
+        secrets_before,
+        "a failed callback stored a Secret"
     );
 
     // A state for a deleted and re-created object (new uid) is refused; so is a replay.
@@ -395,8 +457,8 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
     check(
         Case {
             name: "used start link",
-            status: 410,
-            text: "expired, was already used",
+            status: 404,
+            text: INVALID_LINK,
         },
         good.get(&new_link).await,
     );

@@ -145,7 +145,12 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
     // The used link is single use.
     let again = browser.get(&link).await;
     pages.push(again.body.clone());
-    assert_eq!(again.status, 410, "{}", again.body);
+    assert_eq!(again.status, 404, "{}", again.body);
+    assert!(
+        again.body.contains("unknown, has expired, or was already used"),
+        "{}",
+        again.body
+    );
 
     // A user authorizes inside the installation.
     env.apply_examples(&ns, &["user-auth.yaml"]);

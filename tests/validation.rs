@@ -23,6 +23,7 @@ fn installation() -> ConfluenceInstallationSpec {
             "read:me".into(),
         ],
         site: None,
+        expected_account_id: None,
         refresh_before: "15m".into(),
         health_check_interval: "15m".into(),
         secret_name: None,
@@ -205,7 +206,9 @@ fn the_schema_pattern_and_the_rust_check_agree_on_scopes(#[case] scope: &str, #[
 #[case("acme.atlassian.net", Some("acme.atlassian.net"))]
 #[case("https://acme.atlassian.net", Some("acme.atlassian.net"))]
 #[case("https://acme.atlassian.net/", Some("acme.atlassian.net"))]
-#[case("acme.localhost:8443", Some("acme.localhost:8443"))]
+#[case("acme.localhost", Some("acme.localhost"))]
+#[case("acme.atlassian.net:8443", None)]
+#[case("https://acme.atlassian.net:443/", None)]
 #[case("http://acme.atlassian.net", None)]
 #[case("acme", None)]
 #[case("ACME.atlassian.net", None)]

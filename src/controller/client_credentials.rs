@@ -11,7 +11,7 @@ use crate::crd::conditions::reason;
 use crate::oauth::atlassian::{AtlassianError, ClientCredentials};
 use crate::store;
 use crate::token_set::TokenSet;
-use crate::validation::InstallationPolicy;
+use crate::validation::{self, InstallationPolicy};
 
 /// Mints and stores a token when none is current; reports the stored one otherwise.
 pub async fn ensure_token(
@@ -25,8 +25,25 @@ pub async fn ensure_token(
     if let Some(tokens) = stored.filter(|t| t.expires_at > now) {
         return report_stored(shared, cfi, &tokens, &policy.token_secret_name).await;
     }
+    if let Err(e) = validation::pinned_site_allowed(policy, &ctx.allowed_site_suffixes) {
+        return report_failed(shared, cfi, reason::INVALID_SPEC, e.to_string()).await;
+    }
     let namespace = cfi.namespace().unwrap_or_default();
-    let Some(client_secret) = store::client_secret(&ctx.client, &namespace, &cfi.spec.client_secret_ref).await? else {
+    let client_secret = match store::client_secret(
+        &ctx.client,
+        &namespace,
+        &cfi.spec.client_secret_ref,
+        &ctx.client_secret_policy(),
+    )
+    .await
+    {
+        Ok(secret) => secret,
+        Err(store::StoreError::ClientSecretRefused(why)) => {
+            return report_failed(shared, cfi, reason::CLIENT_SECRET_REFUSED, why).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(client_secret) = client_secret else {
         let message = format!(
             "Secret {:?} key {:?} (spec.clientSecretRef) does not exist: create it with the service account's client secret",
             cfi.spec.client_secret_ref.name, cfi.spec.client_secret_ref.key
@@ -65,13 +82,14 @@ pub async fn ensure_token(
     let set = TokenSet {
         access_token: tokens.access_token.clone(),
         refresh_token: None,
-        expires_at: now + jiff::SignedDuration::from_secs(tokens.expires_in as i64),
+        expires_at: tokens.expires_at(now),
         scopes: tokens.scopes(),
         cloud_id: cloud_id.clone(),
         site_url: format!("https://{site_host}"),
         account_id: identity.account_id.clone(),
         obtained_at: now,
         consented_at: now,
+        installation: None,
     };
     store::write_tokens(
         &ctx.client,

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{ReconcileError, Shared, await_consent, client_credentials, report_failed, report_stored, stored_tokens};
+use super::{
+    ReconcileError, Shared, await_consent, client_credentials, report_failed, report_stored, secret_conflict,
+    stored_tokens,
+};
 use crate::crd::conditions::reason;
 use crate::crd::{ConfluenceInstallation, GrantType};
 use crate::validation;
@@ -16,6 +19,9 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
         Ok(policy) => policy,
         Err(e) => return report_failed(&shared, &*cfi, reason::INVALID_SPEC, e.to_string()).await,
     };
+    if let Some(action) = secret_conflict(&shared, &*cfi, &policy.token_secret_name).await? {
+        return Ok(action);
+    }
     let tokens = match stored_tokens(&shared, &*cfi).await? {
         Ok(tokens) => tokens,
         Err(action) => return Ok(action),

@@ -102,7 +102,15 @@ fn run_scope(
     let installations: Api<ConfluenceInstallation> = scoped(&client, &scope);
     let users: Api<ConfluenceUserAuth> = scoped(&client, &scope);
     let secrets: Api<Secret> = scoped(&client, &scope);
-    let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", store::MANAGER));
+    // Watching every namespace still leaves out the operator's own (its keys live there), unless
+    // it was listed explicitly (then `scope` is that namespace).
+    let base = match &scope {
+        Some(_) => watcher::Config::default(),
+        None => watcher::Config::default().fields(&format!("metadata.namespace!={}", shared.ctx.operator_namespace)),
+    };
+    let managed = base
+        .clone()
+        .labels(&format!("app.kubernetes.io/managed-by={}", store::MANAGER));
     let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
         let mut rx = tx.subscribe();
         async move {
@@ -110,31 +118,27 @@ fn run_scope(
         }
     };
 
-    let installation_controller = Controller::new(installations.clone(), watcher::Config::default())
+    let installation_controller = Controller::new(installations.clone(), base.clone())
         .owns(secrets.clone(), managed.clone())
         .graceful_shutdown_on(signal(shutdown))
         .run(installation::reconcile, error_policy, shared.clone())
         .for_each(|_| async {});
 
-    let user_controller = Controller::new(users, watcher::Config::default());
+    let user_controller = Controller::new(users, base.clone());
     let user_store = user_controller.store();
     let user_controller = user_controller
         .owns(secrets, managed)
         // A user auth depends on its installation: re-check the users of one that changed.
-        .watches(
-            installations,
-            watcher::Config::default(),
-            move |cfi: ConfluenceInstallation| {
-                let namespace = cfi.namespace();
-                let name = cfi.name_any();
-                user_store
-                    .state()
-                    .into_iter()
-                    .filter(|u| u.namespace() == namespace && u.spec.installation_ref.name == name)
-                    .map(|u| ObjectRef::from_obj(&*u))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches(installations, base, move |cfi: ConfluenceInstallation| {
+            let namespace = cfi.namespace();
+            let name = cfi.name_any();
+            user_store
+                .state()
+                .into_iter()
+                .filter(|u| u.namespace() == namespace && u.spec.installation_ref.name == name)
+                .map(|u| ObjectRef::from_obj(&*u))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(signal(shutdown))
         .run(user_auth::reconcile, error_policy, shared)
         .for_each(|_| async {});
@@ -152,6 +156,14 @@ fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shar
 /// True when the resource needs a fresh authorization link: none yet, or it expired.
 pub fn needs_new_link(status: Option<&CredentialStatus>, now: Timestamp) -> bool {
     let Some(status) = status else { return true };
+    // A callback consumed the link and is completing the grant: no second link meanwhile.
+    if status
+        .pending_authorization
+        .as_ref()
+        .is_some_and(|p| p.expires_at.0 > now)
+    {
+        return false;
+    }
     let expired = status.authorization_expires_at.as_ref().is_none_or(|t| t.0 <= now);
     status.authorization_url.is_none() || status.authorization_nonce_hash.is_none() || expired
 }
@@ -198,10 +210,12 @@ async fn await_consent<K: CredentialResource>(shared: &Shared, obj: &K, why: &st
         );
     })
     .await?;
-    let expires = updated
-        .credential()
-        .and_then(|s| s.authorization_expires_at.as_ref())
-        .map(|t| t.0);
+    let expires = updated.credential().and_then(|s| {
+        s.authorization_expires_at
+            .as_ref()
+            .or(s.pending_authorization.as_ref().map(|p| &p.expires_at))
+            .map(|t| t.0)
+    });
     Ok(Action::requeue(until(now, expires.unwrap_or(now))))
 }
 
@@ -294,6 +308,24 @@ async fn report_failed<K: CredentialResource>(
     })
     .await?;
     Ok(Action::await_change())
+}
+
+/// Reports `SecretConflict` when a Secret `obj` would write is taken by something else; looks
+/// again every few minutes (the holder may be deleted). `Ok(None)`: both names are free or ours.
+async fn secret_conflict<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    token_secret_name: &str,
+) -> Result<Option<Action>, ReconcileError> {
+    let vault = crate::validation::vault_secret_name(&obj.name_any());
+    match store::check_owned(&shared.ctx.client, obj, &[&vault, token_secret_name]).await {
+        Ok(()) => Ok(None),
+        Err(e @ StoreError::SecretConflict(_)) => {
+            report_failed(shared, obj, reason::SECRET_CONFLICT, e.to_string()).await?;
+            Ok(Some(Action::requeue(Duration::from_secs(300))))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads the vault; an unreadable one is reported (never a panic, never a plaintext fallback).

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 
-use super::{ReconcileError, Shared, await_consent, report_failed, report_stored, stored_tokens};
+use super::{ReconcileError, Shared, await_consent, report_failed, report_stored, secret_conflict, stored_tokens};
 use crate::crd::conditions::{self, reason};
 use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
 use crate::store;
@@ -61,6 +61,15 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         })
         .await?,
     );
+    // Before the vault is even read: a name taken by another resource is not ours to open.
+    let token_secret_name = cfua
+        .spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-token", cfua.name_any()));
+    if let Some(action) = secret_conflict(&shared, &*cfua, &token_secret_name).await? {
+        return Ok(action);
+    }
     let tokens = match stored_tokens(&shared, &*cfua).await? {
         Ok(tokens) => tokens,
         Err(action) => return Ok(action),
@@ -85,7 +94,9 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         .await?;
         return Ok(Action::requeue(std::time::Duration::from_secs(300)));
     };
-    let bound = cfua.status.as_ref().and_then(|s| s.bound_installation.as_deref());
+    // The installation a grant was made under is read from the vault (authenticated), not from
+    // status, which others may be able to write.
+    let bound = tokens.as_ref().and_then(|t| t.installation.as_deref());
     let policy = match validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound) {
         Ok(policy) => policy,
         Err(e) => return report_failed(&shared, &*cfua, reason::INVALID_SPEC, e.to_string()).await,

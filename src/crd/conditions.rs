@@ -57,6 +57,10 @@ pub mod reason {
     pub const UNEXPECTED_ACCOUNT: &str = "UnexpectedAccount";
     /// Atlassian could not be reached or answered 429/5xx; the operator retries.
     pub const ATLASSIAN_UNAVAILABLE: &str = "AtlassianUnavailable";
+    /// A Secret this resource would write exists and belongs to something else.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// `spec.clientSecretRef` names a Secret the operator must not read as a client secret.
+    pub const CLIENT_SECRET_REFUSED: &str = "ClientSecretRefused";
 }
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` unless the status flips.

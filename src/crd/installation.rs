@@ -42,14 +42,20 @@ pub struct ConfluenceInstallationSpec {
     /// Confluence scopes, `read:me`, or granular `<action>:<object>:confluence` scopes.
     #[schemars(length(min = 1, max = 64), schema_with = "schema::scopes")]
     pub scopes: Vec<String>,
-    /// The site, e.g. `acme.atlassian.net` or `https://acme.atlassian.net`. Required for
-    /// `ClientCredentials`; picks one site when a grant covers several.
+    /// The site, e.g. `acme.atlassian.net` or `https://acme.atlassian.net` (no port). Required
+    /// for `ClientCredentials`; picks one site when a grant covers several. The operator only
+    /// contacts sites under its allowed suffixes (default `atlassian.net`, `jira.com`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        regex(pattern = r"^(https://)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+(:[0-9]+)?/?$"),
+        regex(pattern = r"^(https://)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+/?$"),
         length(max = 253)
     )]
     pub site: Option<String>,
+    /// When set, an admin grant by any other Atlassian account is refused (a link forwarded to
+    /// someone else cannot bind their account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub expected_account_id: Option<String>,
     /// Refresh this long before the access token expires (`90s`, `15m`, `1h`).
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = r"^([0-9]+[hms])+$"))]

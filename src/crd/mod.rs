@@ -72,6 +72,10 @@ pub struct CredentialStatus {
     /// When `authorizationUrl` stops working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_expires_at: Option<Time>,
+    /// A callback that consumed the link and is completing the grant: only that flow may
+    /// store a credential, and only while the object keeps its uid and generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_authorization: Option<PendingAuthorization>,
     /// Atlassian cloud id of the site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_id: Option<String>,
@@ -113,6 +117,19 @@ pub struct CredentialStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The single flow allowed to store a grant, recorded when its callback consumed the link.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingAuthorization {
+    /// SHA-256 (hex) of the consumed link's nonce.
+    pub nonce_hash: String,
+    /// `metadata.generation` when the link was consumed; a spec change aborts the flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// After this the flow is abandoned and a new link is published.
+    pub expires_at: Time,
 }
 
 /// `metav1.Condition` list keyed on `type`, as Kubernetes API conventions ask.

@@ -124,7 +124,40 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// Longest access-token lifetime the operator believes: Atlassian's tokens live an hour, so a
+/// longer `expires_in` is an upstream bug or an attack, and trusting it unbounded would overflow
+/// the timestamp arithmetic (SECURITY.md, finding 5) or keep a dead token "current" for years.
+pub const MAX_TOKEN_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// How long a token with this `expires_in` lives: capped at [`MAX_TOKEN_LIFETIME`]. A zero
+/// `expires_in` means the token is already expired (the next reconcile mints or refreshes
+/// again); a negative or fractional one is not a `u64` and fails to parse, like any other
+/// malformed answer.
+pub fn token_lifetime(expires_in: u64) -> jiff::SignedDuration {
+    i64::try_from(expires_in)
+        .map(jiff::SignedDuration::from_secs)
+        .unwrap_or(MAX_TOKEN_LIFETIME)
+        .min(MAX_TOKEN_LIFETIME)
+}
+
+/// When a token obtained at `now` with this `expires_in` expires: [`token_lifetime`] later,
+/// saturating at the end of representable time instead of panicking.
+pub fn token_expiry(now: jiff::Timestamp, expires_in: u64) -> jiff::Timestamp {
+    now.checked_add(token_lifetime(expires_in))
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
 impl TokenResponse {
+    /// How long the access token lives: [`token_lifetime`] of `expires_in`.
+    pub fn lifetime(&self) -> jiff::SignedDuration {
+        token_lifetime(self.expires_in)
+    }
+
+    /// When the access token expires if it was obtained at `now`: [`token_expiry`].
+    pub fn expires_at(&self, now: jiff::Timestamp) -> jiff::Timestamp {
+        token_expiry(now, self.expires_in)
+    }
+
     /// The granted scopes as a list.
     pub fn scopes(&self) -> Vec<String> {
         self.scope.split_whitespace().map(str::to_string).collect()
@@ -220,6 +253,13 @@ impl AtlassianClient {
     /// The configured endpoints.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    /// The authorization server's origin (`scheme://host[:port]`), for a page's CSP.
+    pub fn auth_origin(&self) -> String {
+        url::Url::parse(&self.endpoints.auth_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
     }
 
     /// The consent link (`/authorize`) a browser is redirected to.
@@ -463,6 +503,37 @@ fn conceal_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(expires_in: &str) -> serde_json::Result<TokenResponse> {
+        serde_json::from_str(&format!(r#"{{"access_token":"a","expires_in":{expires_in}}}"#))
+    }
+
+    #[test]
+    fn token_lifetimes_are_capped_and_never_overflow() {
+        let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let hour = jiff::SignedDuration::from_hours(1);
+        for (expires_in, lifetime) in [
+            ("3600", hour),
+            ("0", jiff::SignedDuration::ZERO),
+            ("86400", MAX_TOKEN_LIFETIME),
+            ("86401", MAX_TOKEN_LIFETIME),
+            ("9223372036854775807", MAX_TOKEN_LIFETIME),
+            ("18446744073709551615", MAX_TOKEN_LIFETIME),
+        ] {
+            let answer = answer(expires_in).unwrap();
+            assert_eq!(answer.lifetime(), lifetime, "{expires_in}");
+            assert_eq!(answer.expires_at(now), now + lifetime, "{expires_in}");
+        }
+        // Even at the end of time the expiry saturates instead of panicking.
+        assert_eq!(
+            answer("3600").unwrap().expires_at(jiff::Timestamp::MAX),
+            jiff::Timestamp::MAX
+        );
+        // Negative, fractional and out-of-range answers are malformed, not a panic later.
+        for bad in ["-1", "1.5", "1e30", "18446744073709551616", "\"3600\""] {
+            assert!(answer(bad).is_err(), "{bad}");
+        }
+    }
 
     #[rstest::rstest]
     #[case(403, r#"{"error":"invalid_grant","error_description":"Unknown or invalid refresh token."}"#, AtlassianError::GrantDead("Unknown or invalid refresh token.".into()))]

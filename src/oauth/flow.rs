@@ -1,19 +1,25 @@
-//! The browser flow: `start` (check the link's nonce, seal a state, redirect to Atlassian) and
-//! `callback` (verify state, cookie and single use, exchange the code, validate the grant,
-//! store vault → token Secret → status). Independent of the web framework: both return an
+//! The browser flow: `confirm` (a page naming where the grant will land), `start` (a POST from
+//! that page: check the link's nonce, seal a state, redirect to Atlassian) and `callback`
+//! (verify state and cookie, consume the link, exchange the code, validate the grant, store
+//! vault → token Secret → status). Independent of the web framework: each returns an
 //! [`Answer`] that `webhook` turns into HTTP.
 //!
 //! A failure stores no credential. Refusals of the grant itself (wrong site, wrong account,
-//! duplicate) are also recorded as a condition, so `kubectl describe` shows why.
+//! duplicate) are also recorded as a condition, so `kubectl describe` shows why. SECURITY.md
+//! walks through why each step is there.
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use secrecy::SecretString;
 
+use crate::claim;
 use crate::context::Context;
 use crate::crd::conditions::{self, reason};
-use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, GrantType, Phase};
+use crate::crd::{
+    ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, GrantType, PendingAuthorization, Phase,
+};
 use crate::grant::{self, GrantError};
 use crate::oauth::atlassian::{AccessibleResource, AtlassianError, ClientCredentials, Identity, TokenResponse};
 use crate::oauth::state::{self, FlowTarget, ResourceKind, StateError};
@@ -27,15 +33,43 @@ pub const REFRESH_TOKEN_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::fr
 /// What the web server answers.
 #[derive(Debug)]
 pub enum Answer {
-    /// 302 to Atlassian with the flow cookie.
+    /// 303 to Atlassian with the flow cookie.
     Redirect {
         /// The authorize link.
         location: String,
         /// `Set-Cookie` value.
         set_cookie: String,
     },
+    /// The confirmation page of a valid link: what the grant will land in, and one button.
+    Confirm(Confirm),
     /// An HTML page.
     Page(Page),
+}
+
+/// The confirmation page (`GET /oauth/start/…`): a person sees where the grant will land
+/// before anything happens, and proceeds only with a POST from this page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirm {
+    /// Where the form posts (the start path itself).
+    pub action: String,
+    /// Namespace of the resource.
+    pub namespace: String,
+    /// `ConfluenceInstallation` or `ConfluenceUserAuth`.
+    pub kind: &'static str,
+    /// Name of the resource.
+    pub name: String,
+    /// For a user auth: its `spec.userId`.
+    pub user_id: Option<String>,
+    /// For a user auth: its installation.
+    pub installation: Option<String>,
+    /// The site, when known (pinned or the installation's).
+    pub site: Option<String>,
+    /// The link's nonce, posted back.
+    pub nonce: String,
+    /// Per-page token, posted back; must match the confirmation cookie.
+    pub csrf: String,
+    /// `Set-Cookie` for the confirmation cookie (`SameSite=Strict`, scoped to the start path).
+    pub set_cookie: String,
 }
 
 /// A page for a person: never a token, a code or the state.
@@ -78,25 +112,122 @@ pub struct CallbackQuery {
     pub error_description: Option<String>,
 }
 
-/// `GET /oauth/start/<namespace>/<kind>/<name>?nonce=…`.
-pub async fn start(ctx: &Context, namespace: &str, kind: &str, name: &str, nonce: Option<&str>) -> Answer {
-    match start_inner(ctx, namespace, kind, name, nonce).await {
-        Ok(answer) => answer,
-        Err(page) => Answer::Page(page),
+/// The form the confirmation page posts.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct StartForm {
+    /// The link's nonce.
+    pub nonce: Option<String>,
+    /// The page's token (double-submitted with the confirmation cookie).
+    pub csrf: Option<String>,
+}
+
+/// Name of the confirmation cookie (scoped by `Path` to one start link).
+pub const CONFIRM_COOKIE: &str = "cao_confirm";
+/// How long a confirmation page may stay open before its button stops working.
+const CONFIRM_TTL_SECS: u64 = 600;
+/// How long a consumed link waits for its callback to finish storing the grant.
+const PENDING_TTL: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// What a valid link starts a flow for.
+struct LinkTarget {
+    kind: ResourceKind,
+    uid: String,
+    nonce_hash: String,
+    client_id: String,
+    scopes: Vec<String>,
+    user_id: Option<String>,
+    installation: Option<String>,
+    site: Option<String>,
+}
+
+/// `GET /oauth/start/<namespace>/<kind>/<name>?nonce=…`: the confirmation page.
+pub async fn confirm(ctx: &Context, namespace: &str, kind: &str, name: &str, nonce: Option<&str>) -> Answer {
+    let target = match valid_link(ctx, namespace, kind, name, nonce).await {
+        Ok(target) => target,
+        Err(page) => return Answer::Page(page),
+    };
+    let action = format!("/oauth/start/{namespace}/{}/{name}", target.kind.segment());
+    let csrf = state::new_nonce().0;
+    let set_cookie = format!(
+        "{CONFIRM_COOKIE}={csrf}; Path={action}; Max-Age={CONFIRM_TTL_SECS}; HttpOnly; SameSite=Strict{}",
+        if ctx.secure_cookies() { "; Secure" } else { "" }
+    );
+    Answer::Confirm(Confirm {
+        action,
+        namespace: namespace.to_string(),
+        kind: match target.kind {
+            ResourceKind::Installation => "ConfluenceInstallation",
+            ResourceKind::User => "ConfluenceUserAuth",
+        },
+        name: name.to_string(),
+        user_id: target.user_id,
+        installation: target.installation,
+        site: target.site,
+        nonce: nonce.unwrap_or_default().to_string(),
+        csrf,
+        set_cookie,
+    })
+}
+
+/// `POST /oauth/start/<namespace>/<kind>/<name>` from the confirmation page: checks the page's
+/// token against its cookie and the nonce against status, then redirects to Atlassian.
+pub async fn start(
+    ctx: &Context,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    form: &StartForm,
+    cookie_header: Option<&str>,
+) -> Answer {
+    let posted = form.csrf.as_deref().filter(|t| !t.is_empty());
+    let cookie = cookie_value(cookie_header, CONFIRM_COOKIE);
+    if posted.is_none() || posted != cookie.as_deref() {
+        return Answer::Page(Page::new(
+            403,
+            "confirm_failed",
+            "Confirmation check failed",
+            "This request did not come from the authorization link's own page (or that page was open too long). Nothing happened; open the authorization link again and press its button.",
+        ));
+    }
+    let target = match valid_link(ctx, namespace, kind, name, form.nonce.as_deref()).await {
+        Ok(target) => target,
+        Err(page) => return Answer::Page(page),
+    };
+    let now = ctx.clock.now();
+    let flow_target = FlowTarget {
+        namespace: namespace.into(),
+        kind: target.kind,
+        name: name.into(),
+        uid: target.uid,
+    };
+    let Ok(flow) = state::start(&ctx.keys, flow_target, target.nonce_hash, now) else {
+        return Answer::Page(internal());
+    };
+    let location = ctx.atlassian.authorize_url(&crate::oauth::atlassian::AuthorizeRequest {
+        client_id: &target.client_id,
+        scopes: &target.scopes,
+        redirect_uri: &ctx.redirect_uri(),
+        state: &flow.state,
+        code_challenge: &flow.code_challenge,
+    });
+    Answer::Redirect {
+        location,
+        set_cookie: state::set_cookie_header(&flow, ctx.secure_cookies()),
     }
 }
 
-async fn start_inner(
+/// Checks a link: a served namespace, an existing object, the current nonce, not expired.
+/// Every way of failing that could tell whether an object exists gives the same page.
+async fn valid_link(
     ctx: &Context,
     namespace: &str,
     kind: &str,
     name: &str,
     nonce: Option<&str>,
-) -> Result<Answer, Page> {
-    let kind =
-        ResourceKind::from_segment(kind).ok_or_else(|| not_found("the link's kind must be installation or user"))?;
-    if !is_object_name(namespace) || !is_object_name(name) {
-        return Err(not_found("the link names no valid object"));
+) -> Result<LinkTarget, Page> {
+    let kind = ResourceKind::from_segment(kind).ok_or_else(invalid_link)?;
+    if !is_object_name(namespace) || !is_object_name(name) || !ctx.in_scope(namespace) {
+        return Err(invalid_link());
     }
     let nonce = nonce.filter(|n| !n.is_empty()).ok_or_else(|| {
         Page::new(
@@ -107,9 +238,9 @@ async fn start_inner(
         )
     })?;
     let now = ctx.clock.now();
-    let (uid, nonce_hash, client_id, scopes) = match kind {
+    match kind {
         ResourceKind::Installation => {
-            let cfi = get::<ConfluenceInstallation>(&ctx.client, namespace, name).await?;
+            let cfi = get_link_object::<ConfluenceInstallation>(&ctx.client, namespace, name).await?;
             check_link(&cfi, nonce, now)?;
             if cfi.spec.grant == GrantType::ClientCredentials {
                 return Err(Page::new(
@@ -119,44 +250,33 @@ async fn start_inner(
                     "This installation uses client credentials: it needs no browser consent.",
                 ));
             }
-            (
-                cfi.uid(),
-                cfi.credential().and_then(|c| c.authorization_nonce_hash.clone()),
-                cfi.spec.client_id.clone(),
-                cfi.spec.scopes.clone(),
-            )
+            Ok(LinkTarget {
+                kind,
+                uid: cfi.uid().unwrap_or_default(),
+                nonce_hash: state::hash_hex(nonce),
+                client_id: cfi.spec.client_id.clone(),
+                scopes: cfi.spec.scopes.clone(),
+                user_id: None,
+                installation: None,
+                site: cfi.spec.site.clone(),
+            })
         }
         ResourceKind::User => {
-            let cfua = get::<ConfluenceUserAuth>(&ctx.client, namespace, name).await?;
+            let cfua = get_link_object::<ConfluenceUserAuth>(&ctx.client, namespace, name).await?;
             check_link(&cfua, nonce, now)?;
             let cfi = installation_of(&ctx.client, &cfua).await?;
-            let scopes = cfua.spec.effective_scopes(&cfi.spec).to_vec();
-            (
-                cfua.uid(),
-                cfua.credential().and_then(|c| c.authorization_nonce_hash.clone()),
-                cfi.spec.client_id.clone(),
-                scopes,
-            )
+            Ok(LinkTarget {
+                kind,
+                uid: cfua.uid().unwrap_or_default(),
+                nonce_hash: state::hash_hex(nonce),
+                client_id: cfi.spec.client_id.clone(),
+                scopes: cfua.spec.effective_scopes(&cfi.spec).to_vec(),
+                user_id: Some(cfua.spec.user_id.clone()),
+                installation: Some(cfi.name_any()),
+                site: cfi.credential().and_then(|c| c.site_url.clone()),
+            })
         }
-    };
-    let target = FlowTarget {
-        namespace: namespace.into(),
-        kind,
-        name: name.into(),
-        uid: uid.unwrap_or_default(),
-    };
-    let flow = state::start(&ctx.keys, target, nonce_hash.unwrap_or_default(), now).map_err(|_| internal())?;
-    let location = ctx.atlassian.authorize_url(&crate::oauth::atlassian::AuthorizeRequest {
-        client_id: &client_id,
-        scopes: &scopes,
-        redirect_uri: &ctx.redirect_uri(),
-        state: &flow.state,
-        code_challenge: &flow.code_challenge,
-    });
-    Ok(Answer::Redirect {
-        location,
-        set_cookie: state::set_cookie_header(&flow, ctx.secure_cookies()),
-    })
+    }
 }
 
 /// The link's nonce must be the one in status, and the link not expired.
@@ -165,7 +285,7 @@ fn check_link<K: CredentialResource>(obj: &K, nonce: &str, now: Timestamp) -> Re
     let current = status.and_then(|s| s.authorization_nonce_hash.as_deref());
     let expires = status.and_then(|s| s.authorization_expires_at.as_ref()).map(|t| t.0);
     let valid = current == Some(state::hash_hex(nonce).as_str()) && expires.is_some_and(|e| e > now);
-    if valid { Ok(()) } else { Err(stale_link()) }
+    if valid { Ok(()) } else { Err(invalid_link()) }
 }
 
 /// `GET /oauth/callback?code&state` (or `?error=…`).
@@ -237,86 +357,222 @@ async fn callback_with_flow(
             "Atlassian's answer has no authorization code. Nothing was stored; open the authorization link again.",
         )
     })?;
-    let target = &flow.target;
-    match target.kind {
+    if !ctx.in_scope(&flow.target.namespace) {
+        return Err(stale_link());
+    }
+    // Single use: the link is consumed by a write preconditioned on the object's
+    // resourceVersion before the code is exchanged, so of concurrent callbacks exactly one
+    // proceeds.
+    consume(ctx, flow).await?;
+    let result = match flow.target.kind {
+        ResourceKind::Installation => grant_installation(ctx, flow, code).await,
+        ResourceKind::User => grant_user(ctx, flow, code).await,
+    };
+    if result.is_err() {
+        abandon(ctx, flow).await;
+    }
+    result
+}
+
+/// Consumes the link: its nonce must still be current on this very object (uid), then it is
+/// replaced by a pending marker only this flow matches.
+async fn consume(ctx: &Context, flow: &state::FlowState) -> Result<(), Page> {
+    let now = ctx.clock.now();
+    let until = Time(now + PENDING_TTL);
+    let take = |obj: &mut dyn Consumable| -> Result<(), ()> {
+        let (uid, generation) = (obj.uid_string(), obj.generation());
+        let status = obj.status_mut();
+        let current = status.authorization_nonce_hash.as_deref() == Some(flow.nonce_hash.as_str());
+        let unexpired = status.authorization_expires_at.as_ref().is_some_and(|t| t.0 > now);
+        if uid != flow.target.uid || !current || !unexpired {
+            return Err(());
+        }
+        status.authorization_url = None;
+        status.authorization_nonce_hash = None;
+        status.authorization_expires_at = None;
+        status.pending_authorization = Some(PendingAuthorization {
+            nonce_hash: flow.nonce_hash.clone(),
+            generation,
+            expires_at: until.clone(),
+        });
+        Ok(())
+    };
+    let (namespace, name) = (&flow.target.namespace, &flow.target.name);
+    let result = match flow.target.kind {
         ResourceKind::Installation => {
-            let cfi = get::<ConfluenceInstallation>(&ctx.client, &target.namespace, &target.name).await?;
-            check_single_use(&cfi, flow)?;
-            let policy = validation::installation(&cfi.name_any(), &cfi.spec).map_err(|e| invalid_spec(&e))?;
-            let credentials = credentials_of(ctx, &cfi).await?;
-            let tokens = exchange(ctx, &credentials, code, flow).await?;
-            let resources = ctx
-                .atlassian
-                .accessible_resources(&tokens.access_token)
+            store::update_status_if::<ConfluenceInstallation, _>(&ctx.client, namespace, name, |o| take(o))
                 .await
-                .map_err(atlassian_page)?;
-            let site = refuse(ctx, &cfi, grant::choose_site(&resources, policy.site_host.as_deref()))
-                .await?
-                .clone();
-            let identity = identity(ctx, &tokens, &site).await?;
-            let set = token_set(ctx, &tokens, &site, &identity);
-            store_grant(ctx, &cfi, &set, &policy.token_secret_name, &site, &identity).await?;
-            Ok(success(&site, &identity))
+                .map(|r| r.map(drop))
         }
         ResourceKind::User => {
-            let cfua = get::<ConfluenceUserAuth>(&ctx.client, &target.namespace, &target.name).await?;
-            check_single_use(&cfua, flow)?;
-            let cfi = installation_of(&ctx.client, &cfua).await?;
-            let bound = cfua.status.as_ref().and_then(|s| s.bound_installation.as_deref());
-            let policy =
-                validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound).map_err(|e| invalid_spec(&e))?;
-            let (cloud_id, site_url) = installation_site(&cfi)?;
-            let credentials = credentials_of(ctx, &cfi).await?;
-            let tokens = exchange(ctx, &credentials, code, flow).await?;
-            let resources = ctx
-                .atlassian
-                .accessible_resources(&tokens.access_token)
+            store::update_status_if::<ConfluenceUserAuth, _>(&ctx.client, namespace, name, |o| take(o))
                 .await
-                .map_err(atlassian_page)?;
-            let site = refuse(ctx, &cfua, grant::require_site(&resources, &cloud_id, &site_url))
-                .await?
-                .clone();
-            let identity = identity(ctx, &tokens, &site).await?;
-            refuse(
-                ctx,
-                &cfua,
-                grant::require_account(cfua.spec.expected_account_id.as_deref(), &identity.account_id),
-            )
-            .await?;
-            refuse(
-                ctx,
-                &cfua,
-                duplicate_account(&ctx.client, &cfua, &identity.account_id).await?,
-            )
-            .await?;
-            let set = token_set(ctx, &tokens, &site, &identity);
-            store_grant(ctx, &cfua, &set, &policy.token_secret_name, &site, &identity).await?;
-            let installation = cfi.name_any();
-            let display_name = identity.display_name.clone();
-            let account_id = identity.account_id.clone();
-            store::update_status(&ctx.client, &cfua, move |obj| {
-                let status = obj.status.get_or_insert_with(Default::default);
-                status.account_id = Some(account_id.clone());
-                status.display_name = Some(display_name.clone());
-                status.bound_installation = Some(installation.clone());
-            })
-            .await
-            .map_err(|_| unavailable())?;
-            Ok(success(&site, &identity))
+                .map(|r| r.map(drop))
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(())) => Err(stale_link()),
+        Err(e) if is_not_found(&e) => Err(stale_link()),
+        Err(e) => {
+            tracing::warn!(error = %e, "consuming an authorization link failed");
+            Err(unavailable())
         }
     }
 }
 
-/// The state must be for this very object (uid) and its nonce still the current one.
-fn check_single_use<K: CredentialResource>(obj: &K, flow: &state::FlowState) -> Result<(), Page> {
-    let same_object = obj.uid().as_deref() == Some(flow.target.uid.as_str());
-    let current =
-        obj.credential().and_then(|c| c.authorization_nonce_hash.as_deref()) == Some(flow.nonce_hash.as_str());
-    if same_object && current {
+/// After a failed callback: drops this flow's pending marker (so a new link is published).
+async fn abandon(ctx: &Context, flow: &state::FlowState) {
+    let drop_pending = |obj: &mut dyn Consumable| -> Result<(), ()> {
+        if !is_pending_flow(obj, flow) {
+            return Err(());
+        }
+        obj.status_mut().pending_authorization = None;
         Ok(())
-    } else {
-        Err(stale_link())
+    };
+    let (namespace, name) = (&flow.target.namespace, &flow.target.name);
+    let _ = match flow.target.kind {
+        ResourceKind::Installation => {
+            store::update_status_if::<ConfluenceInstallation, _>(&ctx.client, namespace, name, |o| drop_pending(o))
+                .await
+                .map(|r| r.map(drop))
+        }
+        ResourceKind::User => {
+            store::update_status_if::<ConfluenceUserAuth, _>(&ctx.client, namespace, name, |o| drop_pending(o))
+                .await
+                .map(|r| r.map(drop))
+        }
+    };
+}
+
+/// The object is the one the flow started for (uid), its pending marker is this flow's, and
+/// its spec has not changed since the link was consumed.
+fn is_pending_flow(obj: &dyn Consumable, flow: &state::FlowState) -> bool {
+    let Some(pending) = obj.status().and_then(|s| s.pending_authorization.as_ref()) else {
+        return false;
+    };
+    obj.uid_string() == flow.target.uid
+        && pending.nonce_hash == flow.nonce_hash
+        && pending.generation == obj.generation()
+}
+
+/// What `consume`/`commit` need of either kind, as a trait object.
+trait Consumable {
+    fn uid_string(&self) -> String;
+    fn generation(&self) -> Option<i64>;
+    fn status(&self) -> Option<&crate::crd::CredentialStatus>;
+    fn status_mut(&mut self) -> &mut crate::crd::CredentialStatus;
+}
+
+impl<K: CredentialResource> Consumable for K {
+    fn uid_string(&self) -> String {
+        self.uid().unwrap_or_default()
     }
+    fn generation(&self) -> Option<i64> {
+        self.meta().generation
+    }
+    fn status(&self) -> Option<&crate::crd::CredentialStatus> {
+        self.credential()
+    }
+    fn status_mut(&mut self) -> &mut crate::crd::CredentialStatus {
+        self.credential_mut()
+    }
+}
+
+async fn grant_installation(ctx: &Context, flow: &state::FlowState, code: &str) -> Result<Page, Page> {
+    let target = &flow.target;
+    let cfi = get::<ConfluenceInstallation>(&ctx.client, &target.namespace, &target.name).await?;
+    if !is_pending_flow(&cfi, flow) {
+        return Err(stale_link());
+    }
+    let policy = validation::installation(&cfi.name_any(), &cfi.spec).map_err(|e| invalid_spec(&e))?;
+    validation::pinned_site_allowed(&policy, &ctx.allowed_site_suffixes).map_err(|e| invalid_spec(&e))?;
+    let credentials = credentials_of(ctx, &cfi).await?;
+    let tokens = exchange(ctx, &credentials, code, flow).await?;
+    let resources = ctx
+        .atlassian
+        .accessible_resources(&tokens.access_token)
+        .await
+        .map_err(atlassian_page)?;
+    let site = refuse(ctx, &cfi, grant::choose_site(&resources, policy.site_host.as_deref()))
+        .await?
+        .clone();
+    let identity = identity(ctx, &tokens, &site).await?;
+    refuse(
+        ctx,
+        &cfi,
+        grant::require_account(cfi.spec.expected_account_id.as_deref(), &identity.account_id),
+    )
+    .await?;
+    let set = token_set(ctx, &tokens, &site, &identity, None);
+    commit::<ConfluenceInstallation>(ctx, flow, &set, &policy.token_secret_name, &site, &identity, |_| {}).await?;
+    Ok(success(&site, &identity))
+}
+
+async fn grant_user(ctx: &Context, flow: &state::FlowState, code: &str) -> Result<Page, Page> {
+    let target = &flow.target;
+    let cfua = get::<ConfluenceUserAuth>(&ctx.client, &target.namespace, &target.name).await?;
+    if !is_pending_flow(&cfua, flow) {
+        return Err(stale_link());
+    }
+    let cfi = installation_of(&ctx.client, &cfua).await?;
+    let bound = store::read_tokens(&ctx.client, &ctx.keys, &cfua)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| t.installation);
+    let policy = validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound.as_deref())
+        .map_err(|e| invalid_spec(&e))?;
+    let (cloud_id, site_url) = installation_site(&cfi)?;
+    let credentials = credentials_of(ctx, &cfi).await?;
+    let tokens = exchange(ctx, &credentials, code, flow).await?;
+    let resources = ctx
+        .atlassian
+        .accessible_resources(&tokens.access_token)
+        .await
+        .map_err(atlassian_page)?;
+    let site = refuse(ctx, &cfua, grant::require_site(&resources, &cloud_id, &site_url))
+        .await?
+        .clone();
+    let identity = identity(ctx, &tokens, &site).await?;
+    refuse(
+        ctx,
+        &cfua,
+        grant::require_account(cfua.spec.expected_account_id.as_deref(), &identity.account_id),
+    )
+    .await?;
+    // One account per installation, across every replica: the claim is an atomic create.
+    let claimed = match claim::claim(&ctx.client, &cfua, &identity.account_id).await {
+        Ok(claimed) => claimed.map_err(GrantError::DuplicateAccount),
+        Err(store::StoreError::SecretConflict(name)) => return Err(secret_conflict_page(ctx, &cfua, &name).await),
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming the account failed");
+            return Err(unavailable());
+        }
+    };
+    refuse(ctx, &cfua, claimed).await?;
+    let installation = cfi.name_any();
+    let set = token_set(ctx, &tokens, &site, &identity, Some(installation.clone()));
+    let (display_name, account_id) = (identity.display_name.clone(), identity.account_id.clone());
+    commit::<ConfluenceUserAuth>(
+        ctx,
+        flow,
+        &set,
+        &policy.token_secret_name,
+        &site,
+        &identity,
+        move |obj| {
+            let status = obj.status.get_or_insert_with(Default::default);
+            status.account_id = Some(account_id.clone());
+            status.display_name = Some(display_name.clone());
+            status.bound_installation = Some(installation.clone());
+        },
+    )
+    .await?;
+    if let Err(e) = claim::release_others(&ctx.client, &cfua, &identity.account_id).await {
+        tracing::warn!(error = %e, "releasing an earlier account claim failed; it goes with the user auth");
+    }
+    Ok(success(&site, &identity))
 }
 
 async fn exchange(
@@ -350,48 +606,66 @@ async fn identity(ctx: &Context, tokens: &TokenResponse, site: &AccessibleResour
     result.map_err(atlassian_page)
 }
 
-fn token_set(ctx: &Context, tokens: &TokenResponse, site: &AccessibleResource, identity: &Identity) -> TokenSet {
+fn token_set(
+    ctx: &Context,
+    tokens: &TokenResponse,
+    site: &AccessibleResource,
+    identity: &Identity,
+    installation: Option<String>,
+) -> TokenSet {
     let now = ctx.clock.now();
     TokenSet {
         access_token: tokens.access_token.clone(),
         refresh_token: tokens.refresh_token.clone(),
-        expires_at: now + jiff::SignedDuration::from_secs(tokens.expires_in as i64),
+        expires_at: tokens.expires_at(now),
         scopes: tokens.scopes(),
         cloud_id: site.id.clone(),
         site_url: site.url.clone(),
         account_id: identity.account_id.clone(),
         obtained_at: now,
         consented_at: now,
+        installation,
     }
 }
 
-/// Vault, token Secret, then status (Ready, link retired).
-async fn store_grant<K: CredentialResource>(
+/// Stores a grant: re-reads the object and insists it is still the flow's (uid, pending
+/// marker, generation), writes vault → token Secret, then status Ready in a write that checks
+/// the same again. If the object moved meanwhile, the Secrets just written are removed and
+/// nothing is stored.
+async fn commit<K: CredentialResource>(
     ctx: &Context,
-    obj: &K,
+    flow: &state::FlowState,
     set: &TokenSet,
     token_secret_name: &str,
     site: &AccessibleResource,
     identity: &Identity,
+    extra: impl Fn(&mut K),
 ) -> Result<(), Page> {
+    let (namespace, name) = (&flow.target.namespace, &flow.target.name);
+    let obj = get::<K>(&ctx.client, namespace, name).await?;
+    if !is_pending_flow(&obj, flow) {
+        return Err(stale_link());
+    }
     let api_base = ctx.atlassian.api_base_url(&set.cloud_id);
-    store::write_tokens(&ctx.client, &ctx.keys, obj, set, token_secret_name, &api_base)
-        .await
-        .map_err(|e| {
+    match store::write_tokens(&ctx.client, &ctx.keys, &obj, set, token_secret_name, &api_base).await {
+        Ok(()) => {}
+        Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, &obj, &secret).await),
+        Err(e) => {
             tracing::warn!(error = %e, category = e.category(), "storing a new grant failed");
-            unavailable()
-        })?;
+            return Err(unavailable());
+        }
+    }
     let now = ctx.clock.now();
-    let (site, identity, set_meta) = (
-        site.clone(),
-        identity.clone(),
-        (set.expires_at, set.scopes.clone(), set.consented_at),
-    );
     let secret_name = token_secret_name.to_string();
-    store::update_status(&ctx.client, obj, move |obj| {
+    let written = store::update_status_if::<K, ()>(&ctx.client, namespace, name, |obj| {
+        if !is_pending_flow(obj, flow) {
+            return Err(());
+        }
+        extra(obj);
         let generation = obj.meta().generation;
         let status = obj.credential_mut();
         status.phase = Some(Phase::Ready);
+        status.pending_authorization = None;
         status.authorization_url = None;
         status.authorization_nonce_hash = None;
         status.authorization_expires_at = None;
@@ -399,11 +673,9 @@ async fn store_grant<K: CredentialResource>(
         status.site_url = Some(site.url.clone());
         status.site_name = Some(site.name.clone());
         status.installed_by = Some(identity.account_id.clone());
-        status.granted_scopes = Some(set_meta.1.clone());
-        status.access_token_expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(set_meta.0));
-        status.refresh_token_expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            set_meta.2 + REFRESH_TOKEN_MAX_AGE,
-        ));
+        status.granted_scopes = Some(set.scopes.clone());
+        status.access_token_expires_at = Some(Time(set.expires_at));
+        status.refresh_token_expires_at = Some(Time(set.consented_at + REFRESH_TOKEN_MAX_AGE));
         status.secret_name = Some(secret_name.clone());
         let message = format!(
             "authorized by Atlassian account {} on {}",
@@ -427,10 +699,75 @@ async fn store_grant<K: CredentialResource>(
             generation,
             now,
         );
+        Ok(())
     })
-    .await
-    .map_err(|_| unavailable())?;
-    Ok(())
+    .await;
+    match written {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(())) => {
+            undo(ctx, &obj, token_secret_name).await;
+            Err(stale_link())
+        }
+        Err(e) if is_not_found(&e) => {
+            undo(ctx, &obj, token_secret_name).await;
+            Err(stale_link())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "recording a new grant in status failed");
+            Err(unavailable())
+        }
+    }
+}
+
+/// Removes the Secrets a stale flow wrote for `obj` (only those `obj`, by uid, controls).
+async fn undo<K: CredentialResource>(ctx: &Context, obj: &K, token_secret_name: &str) {
+    let vault = validation::vault_secret_name(&obj.name_any());
+    if let Err(e) = store::delete_owned(&ctx.client, obj, &[&vault, token_secret_name]).await {
+        tracing::warn!(error = %e, "removing the Secrets of a stale flow failed; they go with their owner");
+    }
+}
+
+/// Records `SecretConflict` on the flow's object and answers a page naming the Secret.
+async fn secret_conflict_page<K: CredentialResource>(ctx: &Context, obj: &K, secret: &str) -> Page {
+    let message = store::StoreError::SecretConflict(secret.to_string()).to_string();
+    record_condition(ctx, obj, conditions::READY, reason::SECRET_CONFLICT, &message).await;
+    Page::new(
+        409,
+        "secret_conflict",
+        "Secret name taken",
+        format!("Nothing was stored: {message}."),
+    )
+}
+
+/// Sets a False condition on `obj`, only while it is still the same object (uid).
+async fn record_condition<K: CredentialResource>(ctx: &Context, obj: &K, type_: &str, reason: &str, message: &str) {
+    let now = ctx.clock.now();
+    let uid = obj.uid();
+    let recorded = store::update_status_if::<K, ()>(
+        &ctx.client,
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        |current| {
+            if current.uid() != uid {
+                return Err(());
+            }
+            let generation = current.meta().generation;
+            conditions::set_condition(
+                &mut current.credential_mut().conditions,
+                type_,
+                false,
+                reason,
+                message,
+                generation,
+                now,
+            );
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "recording a refused grant failed");
+    }
 }
 
 /// Records a grant refusal as a condition (the credential itself is not stored) and turns it
@@ -440,25 +777,7 @@ async fn refuse<K: CredentialResource, T>(ctx: &Context, obj: &K, result: Result
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
-    let now = ctx.clock.now();
-    let (reason, message) = (error.reason(), error.to_string());
-    let recorded = store::update_status(&ctx.client, obj, |obj| {
-        let generation = obj.meta().generation;
-        let status = obj.credential_mut();
-        conditions::set_condition(
-            &mut status.conditions,
-            conditions::AUTHORIZED,
-            false,
-            reason,
-            message.clone(),
-            generation,
-            now,
-        );
-    })
-    .await;
-    if let Err(e) = recorded {
-        tracing::warn!(error = %e, "recording a refused grant failed");
-    }
+    record_condition(ctx, obj, conditions::AUTHORIZED, error.reason(), &error.to_string()).await;
     Err(Page::new(
         if matches!(error, GrantError::DuplicateAccount(_)) {
             409
@@ -471,29 +790,28 @@ async fn refuse<K: CredentialResource, T>(ctx: &Context, obj: &K, result: Result
     ))
 }
 
-async fn duplicate_account(
-    client: &Client,
-    cfua: &ConfluenceUserAuth,
-    account_id: &str,
-) -> Result<Result<(), GrantError>, Page> {
-    let api: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), &cfua.namespace().unwrap_or_default());
-    let all = api.list(&Default::default()).await.map_err(|_| unavailable())?;
-    let holder = all.items.into_iter().find(|other| {
-        other.name_any() != cfua.name_any()
-            && other.spec.installation_ref.name == cfua.spec.installation_ref.name
-            && other.status.as_ref().and_then(|s| s.account_id.as_deref()) == Some(account_id)
-    });
-    Ok(match holder {
-        Some(other) => Err(GrantError::DuplicateAccount(other.name_any())),
-        None => Ok(()),
-    })
-}
-
 async fn credentials_of(ctx: &Context, cfi: &ConfluenceInstallation) -> Result<ClientCredentials, Page> {
     let namespace = cfi.namespace().unwrap_or_default();
-    let secret: Option<SecretString> = store::client_secret(&ctx.client, &namespace, &cfi.spec.client_secret_ref)
-        .await
-        .map_err(|_| unavailable())?;
+    let secret: Option<SecretString> = match store::client_secret(
+        &ctx.client,
+        &namespace,
+        &cfi.spec.client_secret_ref,
+        &ctx.client_secret_policy(),
+    )
+    .await
+    {
+        Ok(secret) => secret,
+        Err(store::StoreError::ClientSecretRefused(why)) => {
+            record_condition(ctx, cfi, conditions::READY, reason::CLIENT_SECRET_REFUSED, &why).await;
+            return Err(Page::new(
+                409,
+                "client_secret_refused",
+                "Installation not configured",
+                format!("Nothing was stored: {why}."),
+            ));
+        }
+        Err(_) => return Err(unavailable()),
+    };
     let client_secret = secret.ok_or_else(|| {
         Page::new(409, "client_secret_missing", "Installation not configured", format!(
             "The client secret Secret {:?} (key {:?}) is missing in namespace {namespace}. Nothing was stored; create it and open the authorization link again.",
@@ -541,12 +859,37 @@ async fn get<K: CredentialResource>(client: &Client, namespace: &str, name: &str
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     match api.get_opt(name).await {
         Ok(Some(obj)) => Ok(obj),
-        Ok(None) => Err(not_found(&format!("there is no {} {namespace}/{name}", K::kind(&())))),
+        Ok(None) => Err(stale_link()),
         Err(e) => {
             tracing::warn!(error = %e, "reading the resource of a flow failed");
             Err(unavailable())
         }
     }
+}
+
+/// Like [`get`], for a start link: a missing object gives the same page as a stale link.
+async fn get_link_object<K: CredentialResource>(client: &Client, namespace: &str, name: &str) -> Result<K, Page> {
+    get::<K>(client, namespace, name).await.map_err(|page| {
+        if page.outcome == "stale_link" {
+            invalid_link()
+        } else {
+            page
+        }
+    })
+}
+
+fn is_not_found(e: &store::StoreError) -> bool {
+    matches!(e, store::StoreError::Kube(kube::Error::Api(status)) if status.code == 404)
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+fn cookie_value(cookie_header: Option<&str>, name: &str) -> Option<String> {
+    cookie_header
+        .into_iter()
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
 fn success(site: &AccessibleResource, identity: &Identity) -> Page {
@@ -614,12 +957,14 @@ fn stale_link() -> Page {
     )
 }
 
-fn not_found(what: &str) -> Page {
+/// The one answer for a start link that is unknown, expired, used or out of scope: it must not
+/// tell whether a resource exists.
+fn invalid_link() -> Page {
     Page::new(
         404,
-        "not_found",
-        "Not found",
-        format!("Unknown authorization link: {what}."),
+        "invalid_link",
+        "Link not valid",
+        "This authorization link is unknown, has expired, or was already used. Nothing was stored; get the current link from the resource's status.authorizationUrl.",
     )
 }
 

@@ -165,6 +165,9 @@ impl Operator {
             .args(["--operator-namespace", operator_namespace])
             .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
+            // The tests fire dozens of requests from one address in a second; the limiter stays
+            // on, with a burst no test reaches (a `--webhook-rate-burst` flag overrides this).
+            .env("WEBHOOK_RATE_BURST", "100000")
             .env("RUST_LOG", "info,confluence_auth_operator=debug")
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
@@ -254,7 +257,24 @@ impl Browser {
 
     /// GET with this browser's cookies; remembers cookies it is given.
     pub async fn get(&mut self, url: &str) -> Seen {
-        let mut request = self.http.get(url);
+        let request = self.http.get(url);
+        self.send(request).await
+    }
+
+    /// POST of a form with this browser's cookies.
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Seen {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(request).await
+    }
+
+    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> Seen {
         if !self.cookies.is_empty() {
             let header = self
                 .cookies
@@ -289,13 +309,25 @@ impl Browser {
         }
     }
 
-    /// Start link → Atlassian consent → the callback URL Atlassian sends the browser to (not
-    /// yet opened).
+    /// Opens a start link: the confirmation page, then its button (a POST of the page's form).
+    /// Returns the answer to the POST (a 303 to Atlassian when all is well).
+    pub async fn confirm(&mut self, start_link: &str) -> Seen {
+        let page = self.get(start_link).await;
+        assert_eq!(page.status, 200, "start link answered {}: {}", page.status, page.body);
+        let form = ConfirmForm::parse(&page.body);
+        let origin = start_link.split("/oauth/").next().unwrap();
+        let action = format!("{origin}{}", form.action);
+        self.post_form(&action, &[("nonce", &form.nonce), ("csrf", &form.csrf)])
+            .await
+    }
+
+    /// Start link → confirmation → Atlassian consent → the callback URL Atlassian sends the
+    /// browser to (not yet opened).
     pub async fn consent(&mut self, start_link: &str) -> String {
-        let start = self.get(start_link).await;
+        let start = self.confirm(start_link).await;
         assert_eq!(
-            start.status, 302,
-            "start link answered {}: {}",
+            start.status, 303,
+            "the confirmation answered {}: {}",
             start.status, start.body
         );
         let consent = self.get(start.location.as_deref().unwrap()).await;
@@ -307,10 +339,37 @@ impl Browser {
         consent.location.unwrap()
     }
 
-    /// The whole flow: start link → consent → callback page.
+    /// The whole flow: start link → confirmation → consent → callback page.
     pub async fn authorize(&mut self, start_link: &str) -> Seen {
         let callback = self.consent(start_link).await;
         self.get(&callback).await
+    }
+}
+
+/// The form of a confirmation page.
+#[derive(Debug, Clone)]
+pub struct ConfirmForm {
+    pub action: String,
+    pub nonce: String,
+    pub csrf: String,
+}
+
+impl ConfirmForm {
+    /// Reads the form's action and hidden fields out of the page.
+    pub fn parse(html: &str) -> ConfirmForm {
+        let attr = |marker: &str| -> String {
+            let start = html
+                .find(marker)
+                .unwrap_or_else(|| panic!("no {marker} in the page: {html}"))
+                + marker.len();
+            let rest = &html[start..];
+            rest[..rest.find('"').unwrap()].replace("&amp;", "&")
+        };
+        ConfirmForm {
+            action: attr("action=\""),
+            nonce: attr("name=\"nonce\" value=\""),
+            csrf: attr("name=\"csrf\" value=\""),
+        }
     }
 }
 
