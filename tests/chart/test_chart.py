@@ -246,6 +246,22 @@ def test_the_container_runs_the_operator_configured_from_values() -> None:
     assert env(objects())["LOG_FORMAT"] == "json"
 
 
+def test_webhook_limits_follow_the_ingress() -> None:
+    # Behind an ingress every request comes from the controller: rate-limit by X-Forwarded-For.
+    assert env(objects())["TRUST_FORWARDED_FOR"] == "false"
+    assert env(objects(ALL_ON))["TRUST_FORWARDED_FOR"] == "true"
+    assert env(objects({**ALL_ON, "webhook": {"trustForwardedFor": False}}))["TRUST_FORWARDED_FOR"] == "false"
+    assert "ALLOWED_SITE_SUFFIXES" not in env(objects()), "empty keeps the operator's default list"
+    custom = env(objects({"allowedSiteSuffixes": ["atlassian.net", "acme.test"], "webhook": {"rateLimit": 0.5}}))
+    assert custom["ALLOWED_SITE_SUFFIXES"] == "atlassian.net,acme.test"
+    assert custom["WEBHOOK_RATE_LIMIT"] == "0.5"
+    assert (custom["WEBHOOK_RATE_BURST"], custom["WEBHOOK_MAX_CONNECTIONS"], custom["WEBHOOK_HEADER_TIMEOUT"]) == (
+        "20",
+        "1024",
+        "10s",
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -256,6 +272,7 @@ def test_the_container_runs_the_operator_configured_from_values() -> None:
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
         ({"linkTtl": "1 day"}, "at '/linkTtl': '1 day' does not match pattern"),
         ({"resources": {"requests": "lots"}}, "at '/resources/requests': got string, want object"),
+        ({"webhook": {"headerTimeout": "0s"}}, "at '/webhook/headerTimeout'"),
     ],
 )
 def test_the_schema_rejects_bad_values_with_a_readable_message(values: dict[str, Any], message: str) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import ALL_ON, CHART, NAMESPACED, REPO, Cluster, render
+from conftest import ALL_ON, CHART, NAMESPACED, REPO, Cluster, objects, render
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEYS = "confluence-auth-operator-keys"
@@ -86,19 +86,26 @@ def test_rendered_chart_deploy_and_examples_apply_cleanly(cluster: Cluster, tmp_
     assert volume == {"name": "confluence", "secret": {"secretName": "acme-token"}}
 
 
-def start_operator(cluster: Cluster, namespace: str) -> subprocess.Popen[bytes]:
-    """The operator binary with the chart's namespace as its own, as the Deployment would run."""
+def start_operator(cluster: Cluster, namespace: str, values: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """The operator binary with the environment the chart gives its container (so every value
+    the chart sets must parse), listening on free loopback ports instead of 8080/9090."""
+    (deployment,) = [d for d in objects(values, namespace) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    chart_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     environment = {
         **os.environ,
+        **chart_env,
         "KUBECONFIG": str(cluster.kubeconfig),
-        "PUBLIC_URL": "http://127.0.0.1:9",
-        "OPERATOR_NAMESPACE": namespace,
+        "OPERATOR_NAMESPACE": namespace,  # the chart's fieldRef
         "WEBHOOK_ADDR": "127.0.0.1:0",
         "METRICS_ADDR": "127.0.0.1:0",
-        "LOG_FORMAT": "json",
         "RUST_LOG": "warn",
     }
-    return subprocess.Popen([*cluster.operator, "run"], cwd=REPO, env=environment, stdout=subprocess.DEVNULL)
+    return subprocess.Popen([*cluster.operator, *container["args"]], cwd=REPO, env=environment, stdout=subprocess.DEVNULL)
+
+
+def exited(operator: subprocess.Popen[bytes]) -> None:
+    raise AssertionError(f"the operator exited ({operator.returncode}) with the chart's environment")
 
 
 def wait_for(what: str, check: Any) -> Any:
@@ -113,7 +120,14 @@ def wait_for(what: str, check: Any) -> Any:
 
 def test_helm_install_upgrade_uninstall_keeps_the_keys_secret(cluster: Cluster) -> None:
     ns = cluster.namespace("helm-release")
-    values = {"publicUrl": "https://auth.acme.test", "replicaCount": 1, "podDisruptionBudget": {"enabled": True}}
+    values = {
+        "publicUrl": "https://auth.acme.test",
+        "replicaCount": 1,
+        "podDisruptionBudget": {"enabled": True},
+        "ingress": {"enabled": True},
+        "allowedSiteSuffixes": ["atlassian.net", "acme.test"],
+        "webhook": {"rateLimit": 0.5},
+    }
     with cluster.helm(ns) as helm:
         release = helm.install(str(CHART), "cao", values, namespace=ns, timeout=120)
         assert (release["revision"], release["status"]) == (1, "deployed"), release["status"]
@@ -124,9 +138,12 @@ def test_helm_install_upgrade_uninstall_keeps_the_keys_secret(cluster: Cluster) 
         assert cluster.get("clusterrolebinding", "cao-confluence-auth-operator") is not None
 
         # The operator (the binary the image ships) creates the keys Secret on its first start.
-        operator = start_operator(cluster, ns)
+        operator = start_operator(cluster, ns, values)
         try:
-            keys = wait_for("the operator's keys Secret", lambda: cluster.get("-n", ns, "secret", KEYS))
+            keys = wait_for(
+                "the operator's keys Secret",
+                lambda: cluster.get("-n", ns, "secret", KEYS) or (operator.poll() is not None and exited(operator)),
+            )
         finally:
             operator.terminate()
             operator.wait(timeout=30)
