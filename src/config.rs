@@ -116,6 +116,18 @@ pub struct RunArgs {
     /// long an idle keep-alive connection waits for its next request, before it is closed.
     #[arg(long, env = "WEBHOOK_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub webhook_header_timeout: std::time::Duration,
+    /// Name of the leader-election Lease (in the operator namespace); only its holder
+    /// reconciles.
+    #[arg(long, env = "LEASE_NAME", default_value = crate::leader::DEFAULT_LEASE_NAME)]
+    pub lease_name: String,
+    /// How long the Lease stays valid without renewal: the longest a successor waits after the
+    /// leader dies.
+    #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: std::time::Duration,
+    /// Test only: follow the clock of the Atlassian stand-in at this URL (`{"now": RFC 3339}`)
+    /// instead of the system clock.
+    #[arg(long, env = "CLOCK_URL", hide = true)]
+    pub clock_url: Option<String>,
 }
 
 fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {

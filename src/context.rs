@@ -27,6 +27,34 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         (self.0)()
     }
+
+    /// The system clock shifted by the offset of a remote clock (`GET url` answering
+    /// `{"now": RFC 3339}`), re-read every 250 ms. Tests use it to follow the Atlassian
+    /// stand-in's controllable clock; the offset starts at zero.
+    pub fn following(url: String) -> Self {
+        let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let writer = offset.clone();
+        tokio::spawn(async move {
+            #[derive(serde::Deserialize)]
+            struct Now {
+                now: Timestamp,
+            }
+            let http = reqwest::Client::new();
+            loop {
+                if let Ok(response) = http.get(&url).send().await
+                    && let Ok(remote) = response.json::<Now>().await
+                {
+                    let millis = remote.now.as_millisecond() - Timestamp::now().as_millisecond();
+                    writer.store(millis, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Self(Arc::new(move || {
+            let millis = offset.load(std::sync::atomic::Ordering::Relaxed);
+            Timestamp::now() + jiff::SignedDuration::from_millis(millis)
+        }))
+    }
 }
 
 impl std::fmt::Debug for Clock {

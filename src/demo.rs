@@ -15,12 +15,16 @@ use testbed::apiserver::ApiServer;
 use testbed::atlassian::StandIn;
 
 use crate::config::{DemoArgs, RunArgs};
-use crate::crd::{self, ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
+use crate::crd::{
+    self, ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, CredentialStatus, Phase, conditions,
+};
 use crate::operator;
 
 type DemoResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const NAMESPACE: &str = "demo";
+/// Lifetime of the stand-in's access tokens in the demo.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
 const OPERATOR_NAMESPACE: &str = "confluence-auth-system";
 /// The stand-in demo world's admin ("Ada Admin", sites acme and globex) and user ("Bob User").
 const ADMIN_ACCOUNT: &str = "557058:aaaaaaaa-0000-4000-8000-000000000001";
@@ -42,6 +46,20 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     say(&format!("Atlassian stand-in at {}", atlassian.url()));
 
     install(&client).await?;
+    // Short-lived tokens so the whole lifecycle shows within a minute.
+    atlassian.set_access_token_lifetime(TOKEN_LIFETIME);
+    let installations: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), NAMESPACE);
+    installations
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"refreshBefore": "10s", "healthCheckInterval": "20s"}})),
+        )
+        .await?;
+    say(&format!(
+        "access tokens live {}s here (Atlassian: 1h); refreshBefore 10s, healthCheckInterval 20s",
+        TOKEN_LIFETIME.as_secs()
+    ));
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let run_args = RunArgs {
         public_url: format!("http://127.0.0.1:{port}").parse()?,
@@ -68,6 +86,9 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         trust_forwarded_for: false,
         webhook_max_connections: 1024,
         webhook_header_timeout: Duration::from_secs(10),
+        lease_name: crate::leader::DEFAULT_LEASE_NAME.into(),
+        lease_duration: Duration::from_secs(15),
+        clock_url: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let operator_client = client.clone();
@@ -84,7 +105,6 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         .await
     });
 
-    let installations: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), NAMESPACE);
     let users: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), NAMESPACE);
     let link = wait_for(&installations, "acme", |c| {
         c.credential().and_then(|s| s.authorization_url.clone())
@@ -124,8 +144,11 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     ));
 
     if !args.exit_when_ready {
-        say("the demo keeps running; Ctrl-C stops it");
-        let _ = tokio::signal::ctrl_c().await;
+        say("the demo keeps running and shows each refresh, health check and phase change; Ctrl-C stops it");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            result = follow(&installations, &users) => result?,
+        }
     }
     let _ = stop_tx.send(());
     operator.await??;
@@ -284,4 +307,83 @@ async fn wait_for<K: CredentialResource, T>(
 
 fn say(line: &str) {
     println!("demo: {line}");
+}
+
+/// What one line of the lifecycle log compares.
+#[derive(Clone, Default, PartialEq)]
+struct Seen {
+    phase: Option<Phase>,
+    last_refresh: Option<jiff::Timestamp>,
+    last_health_check: Option<jiff::Timestamp>,
+}
+
+fn seen(status: Option<&CredentialStatus>) -> Seen {
+    let Some(status) = status else {
+        return Seen::default();
+    };
+    Seen {
+        phase: status.phase,
+        last_refresh: status.last_refresh_time.as_ref().map(|t| t.0),
+        last_health_check: status.last_health_check_time.as_ref().map(|t| t.0),
+    }
+}
+
+/// Prints one line per refresh, health check and phase change of both resources, forever.
+async fn follow(installations: &Api<ConfluenceInstallation>, users: &Api<ConfluenceUserAuth>) -> DemoResult<()> {
+    let mut before: [Seen; 2] = Default::default();
+    let mut first = true;
+    loop {
+        let statuses = [
+            (
+                "ConfluenceInstallation demo/acme",
+                installations.get("acme").await?.credential().cloned(),
+            ),
+            (
+                "ConfluenceUserAuth demo/alice",
+                users.get("alice").await?.credential().cloned(),
+            ),
+        ];
+        for (i, (what, status)) in statuses.iter().enumerate() {
+            let now = seen(status.as_ref());
+            if !first {
+                describe(what, &before[i], &now, status.as_ref());
+            }
+            before[i] = now;
+        }
+        first = false;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn describe(what: &str, before: &Seen, now: &Seen, status: Option<&CredentialStatus>) {
+    let Some(status) = status else { return };
+    let clock = |t: Option<jiff::Timestamp>| {
+        t.map(|t| t.strftime("%H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    if now.last_refresh != before.last_refresh {
+        say(&format!(
+            "{what} refreshed: the new access token expires at {}, next refresh planned at {}",
+            clock(status.access_token_expires_at.as_ref().map(|t| t.0)),
+            clock(status.next_refresh_time.as_ref().map(|t| t.0)),
+        ));
+    }
+    if now.last_health_check != before.last_health_check {
+        let healthy = conditions::find(&status.conditions, conditions::HEALTHY);
+        say(&format!(
+            "{what} health check: Healthy={} ({})",
+            healthy.map_or("Unknown", |c| c.status.as_str()),
+            healthy.map_or("", |c| c.message.as_str()),
+        ));
+    }
+    if now.phase != before.phase {
+        let ready = conditions::find(&status.conditions, conditions::READY);
+        let name = |p: Option<Phase>| p.map_or_else(|| "-".to_string(), |p| format!("{p:?}"));
+        say(&format!(
+            "{what} phase {} -> {} ({})",
+            name(before.phase),
+            name(now.phase),
+            ready.map_or("", |c| c.message.as_str()),
+        ));
+    }
 }

@@ -11,14 +11,17 @@ pub mod crd;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod duration;
+pub mod events;
 pub mod grant;
 pub mod http_guard;
+pub mod leader;
 pub mod metrics;
 pub mod oauth;
 pub mod operator;
 pub mod refresh;
 pub mod store;
 pub mod telemetry;
+pub mod token;
 pub mod token_set;
 pub mod validation;
 pub mod vault;

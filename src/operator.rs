@@ -12,7 +12,9 @@ use warp::Filter;
 use crate::config::RunArgs;
 use crate::context::{Clock, Context};
 use crate::controller::{self, Shared};
+use crate::events::Events;
 use crate::http_guard;
+use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::oauth::atlassian::{self, AtlassianClient, Endpoints};
 use crate::store;
@@ -84,6 +86,9 @@ pub enum StartError {
     /// The Atlassian client could not be built.
     #[error("could not build the Atlassian client: {0}")]
     Atlassian(#[from] atlassian::AtlassianError),
+    /// Leader election failed.
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
 }
 
 /// Addresses the servers actually listen on (ports may have been 0).
@@ -117,7 +122,10 @@ pub async fn run(
         atlassian,
         public_url: args.public_url.as_str().trim_end_matches('/').to_string(),
         link_ttl: args.link_ttl,
-        clock: Clock::system(),
+        clock: match &args.clock_url {
+            Some(url) => Clock::following(url.clone()),
+            None => Clock::system(),
+        },
         operator_namespace: namespace.clone(),
         keys_secret: args.keys_secret.clone(),
         namespaces: args.namespaces.clone(),
@@ -187,8 +195,29 @@ pub async fn run(
         metrics_limits,
         stopped(&stop_tx),
     ));
-    let shared = Arc::new(Shared { ctx, metrics });
-    let controllers = tokio::spawn(controller::run(shared, args.namespaces.clone(), stopped(&stop_tx)));
+    let identity = leader::identity();
+    let events = Events::new(ctx.client.clone(), &identity);
+    let lease = LeaseConfig {
+        namespace: namespace.clone(),
+        name: args.lease_name.clone(),
+        identity,
+        duration: args.lease_duration,
+    };
+    let client = ctx.client.clone();
+    let shared = Arc::new(Shared::new(ctx, metrics.clone(), events));
+    let namespaces = args.namespaces.clone();
+    let leading = leader::run_while_leading(client, lease, metrics, stopped(&stop_tx), move |stop| {
+        // Unsaved rotated token sets survive a lost term: they are written first next time.
+        controller::run(shared.clone(), namespaces.clone(), async move {
+            let _ = stop.await;
+        })
+    });
+    let controllers = tokio::spawn(async move {
+        // Ending here (an error, or a return before shutdown) stops the process: see supervise.
+        if let Err(e) = leading.await {
+            tracing::error!(error = %e, "leader election failed");
+        }
+    });
     readiness.set_ready();
     let tasks = vec![
         ("controllers", controllers),

@@ -131,8 +131,8 @@ pub async fn write_tokens<K: CredentialResource>(
         &tokens.to_json(),
     )?;
     let vault = BTreeMap::from([(ENVELOPE_KEY.to_string(), ByteString(envelope))]);
-    // Both names are checked before either is written, so a conflict leaves nothing half-stored.
-    check_owned(client, owner, &[&vault_secret_name(&name), token_secret_name]).await?;
+    // The vault is written even when the token Secret's name turns out to be taken: a rotated
+    // refresh token must never be lost. (A first grant checks both names before calling this.)
     put_secret(client, owner, &vault_secret_name(&name), VAULT_TYPE, vault).await?;
     put_secret(
         client,

@@ -87,10 +87,11 @@ pub const CLASSIC_SCOPES: &[&str] = &[
 /// The scope that makes Atlassian issue a refresh token.
 pub const OFFLINE_ACCESS: &str = "offline_access";
 
-/// Shortest and longest accepted `refreshBefore`: an Atlassian access token lives 60 minutes.
-const REFRESH_BEFORE_RANGE: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(55 * 60));
-/// Shortest and longest accepted `healthCheckInterval`.
-const HEALTH_CHECK_RANGE: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(24 * 3600));
+/// Shortest and longest accepted `refreshBefore` (DESIGN.md section 1): an Atlassian access
+/// token lives 60 minutes; the short end serves short-lived test tokens.
+const REFRESH_BEFORE_RANGE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(55 * 60));
+/// Shortest and longest accepted `healthCheckInterval` (DESIGN.md section 1).
+const HEALTH_CHECK_RANGE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(24 * 3600));
 
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq)]

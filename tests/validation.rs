@@ -84,9 +84,9 @@ fn a_sound_installation_yields_its_policy() {
 #[case::malformed_refresh_before(|s: &mut ConfluenceInstallationSpec| s.refresh_before = "15 minutes".into(),
     "spec.refreshBefore: \"15 minutes\" is not a duration: write whole hours, minutes and seconds such as 90s, 15m or 1h30m")]
 #[case::refresh_before_too_long(|s: &mut ConfluenceInstallationSpec| s.refresh_before = "1h".into(),
-    "spec.refreshBefore \"1h\" is out of range: use between 1m and 55m")]
-#[case::health_check_too_often(|s: &mut ConfluenceInstallationSpec| s.health_check_interval = "10s".into(),
-    "spec.healthCheckInterval \"10s\" is out of range: use between 1m and 24h")]
+    "spec.refreshBefore \"1h\" is out of range: use between 5s and 55m")]
+#[case::health_check_too_often(|s: &mut ConfluenceInstallationSpec| s.health_check_interval = "9s".into(),
+    "spec.healthCheckInterval \"9s\" is out of range: use between 10s and 24h")]
 #[case::bad_secret_name(|s: &mut ConfluenceInstallationSpec| s.secret_name = Some("Acme_Token".into()),
     "spec.secretName \"Acme_Token\" is not a valid Secret name: use lower-case letters, digits, '-' and '.'")]
 #[case::secret_name_is_the_vault(|s: &mut ConfluenceInstallationSpec| s.secret_name = Some("acme-vault".into()),
@@ -133,7 +133,7 @@ fn all_violations_are_reported_at_once_and_joined_for_conditions() {
     assert_eq!(fields, ["spec.clientId", "spec.refreshBefore"]);
     assert_eq!(
         err.to_string(),
-        "spec.clientId is empty: set it to the app's OAuth client id from developer.atlassian.com; spec.refreshBefore \"2h\" is out of range: use between 1m and 55m"
+        "spec.clientId is empty: set it to the app's OAuth client id from developer.atlassian.com; spec.refreshBefore \"2h\" is out of range: use between 5s and 55m"
     );
 }
 
@@ -159,8 +159,8 @@ fn a_sound_user_auth_takes_the_installation_defaults() {
 #[case::unknown_user_scope(|s: &mut ConfluenceUserAuthSpec| s.scopes = Some(vec!["offline_access".into(), "admin".into()]), None,
     vec!["spec.scopes[1] \"admin\" is not a Confluence scope: use a classic scope such as read:confluence-content.all, read:me or offline_access, or a granular one such as read:page:confluence",
          "spec.scopes[1] \"admin\" is not among installation \"acme\"'s scopes: remove it, or add it to the installation's spec.scopes"])]
-#[case::bad_refresh_before(|s: &mut ConfluenceUserAuthSpec| s.refresh_before = Some("30s".into()), None,
-    vec!["spec.refreshBefore \"30s\" is out of range: use between 1m and 55m"])]
+#[case::bad_refresh_before(|s: &mut ConfluenceUserAuthSpec| s.refresh_before = Some("4s".into()), None,
+    vec!["spec.refreshBefore \"4s\" is out of range: use between 5s and 55m"])]
 #[case::bad_health_interval(|s: &mut ConfluenceUserAuthSpec| s.health_check_interval = Some("1d".into()), None,
     vec!["spec.healthCheckInterval: \"1d\" is not a duration: write whole hours, minutes and seconds such as 90s, 15m or 1h30m"])]
 #[case::secret_name_is_the_vault(|s: &mut ConfluenceUserAuthSpec| s.secret_name = Some("alice-vault".into()), None,

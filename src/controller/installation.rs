@@ -5,20 +5,33 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
+use super::lifecycle::{self, AppCredentials, Keep};
 use super::{
-    ReconcileError, Shared, await_consent, client_credentials, report_failed, report_stored, secret_conflict,
-    stored_tokens,
+    ReconcileError, Shared, await_consent, client_credentials, lock, report_failed, secret_conflict, stored_tokens,
 };
 use crate::crd::conditions::reason;
 use crate::crd::{ConfluenceInstallation, GrantType};
+use crate::token::{self, Renewal};
 use crate::validation;
 
 /// One pass over an installation.
 pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
+    let namespace = cfi.namespace().unwrap_or_default();
+    // Remember the app credentials: the users of this installation refresh with them, even
+    // while it is deleted or broken.
+    lock(&shared.app_credentials).insert(
+        format!("{namespace}/{}", cfi.name_any()),
+        (cfi.spec.client_id.clone(), cfi.spec.client_secret_ref.clone()),
+    );
     let policy = match validation::installation(&cfi.name_any(), &cfi.spec) {
         Ok(policy) => policy,
         Err(e) => return report_failed(&shared, &*cfi, reason::INVALID_SPEC, e.to_string()).await,
     };
+    // No link (nor any request) for a site outside the allowed suffixes (SECURITY.md, finding 8).
+    if let Err(e) = validation::pinned_site_allowed(&policy, &shared.ctx.allowed_site_suffixes) {
+        return report_failed(&shared, &*cfi, reason::INVALID_SPEC, e.to_string()).await;
+    }
+    // Before the vault is even read: a name taken by something else is not ours to open.
     if let Some(action) = secret_conflict(&shared, &*cfi, &policy.token_secret_name).await? {
         return Ok(action);
     }
@@ -30,7 +43,23 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
         return client_credentials::ensure_token(&shared, &cfi, &policy, tokens).await;
     }
     match tokens {
-        Some(tokens) => report_stored(&shared, &*cfi, &tokens, &policy.token_secret_name).await,
+        Some(tokens) => {
+            let keep = Keep {
+                policy: token::Policy {
+                    refresh_before: policy.refresh_before,
+                    health_check_interval: policy.health_check_interval,
+                    renewal: Renewal::Refresh,
+                },
+                token_secret_name: policy.token_secret_name.clone(),
+                app: AppCredentials {
+                    namespace,
+                    client_id: cfi.spec.client_id.clone(),
+                    secret_ref: cfi.spec.client_secret_ref.clone(),
+                },
+                may_link: true,
+            };
+            lifecycle::keep_alive(&shared, &*cfi, tokens, &keep).await
+        }
         None => {
             await_consent(
                 &shared,

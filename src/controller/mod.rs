@@ -1,12 +1,14 @@
-//! The controllers: one reconciler per kind, sharing the context, the error policy and the
-//! link logic. This scope is DESIGN.md step 1: validate, publish the authorization
-//! link, report `AwaitingAuthorization` / `Ready` from what the callback stored.
+//! The controllers: one reconciler per kind, sharing the context, the error policy, the status
+//! writer (which publishes an Event on every transition) and the credential lifecycle
+//! (`lifecycle`: refresh, mint, health check, re-authorization; DESIGN.md steps 4-6).
 
 mod client_credentials;
 mod installation;
+mod lifecycle;
 mod user_auth;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,13 +17,16 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self as runtime, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use crate::context::Context;
 use crate::crd::conditions::{self, reason};
-use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, CredentialStatus, Phase};
+use crate::crd::{
+    ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, CredentialStatus, Phase, SecretKeyRef,
+};
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::oauth::state;
 use crate::store::{self, StoreError};
@@ -33,6 +38,36 @@ pub struct Shared {
     pub ctx: Context,
     /// Metrics.
     pub metrics: Metrics,
+    /// Event publisher.
+    pub events: Events,
+    /// Token sets Atlassian issued whose vault write has not landed yet, by resource uid. The
+    /// refresh token sent to get them is already retired, so these are written before anything
+    /// else and no refresh happens while one is here.
+    pub unsaved: Mutex<HashMap<String, TokenSet>>,
+    /// Consecutive failed renewals or health checks, by resource uid (for backoff).
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// The last seen app credentials of each installation (`namespace/name`), so its users keep
+    /// refreshing while it is deleted or broken.
+    pub app_credentials: Mutex<HashMap<String, (String, SecretKeyRef)>>,
+}
+
+impl Shared {
+    /// Shared state over a context.
+    pub fn new(ctx: Context, metrics: Metrics, events: Events) -> Self {
+        Self {
+            ctx,
+            metrics,
+            events,
+            unsaved: Mutex::default(),
+            failures: Mutex::default(),
+            app_credentials: Mutex::default(),
+        }
+    }
+}
+
+/// Locks a map, ignoring poisoning (a panic elsewhere does not make the map wrong).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A reconcile that could not finish; retried with backoff.
@@ -54,6 +89,15 @@ impl ReconcileError {
             Self::Kube(_) => "KubernetesApi",
         }
     }
+
+    /// True when the object itself is gone (deleted while reconciling).
+    pub fn is_not_found(&self) -> bool {
+        let api = match self {
+            Self::Store(StoreError::Kube(kube::Error::Api(status))) | Self::Kube(kube::Error::Api(status)) => status,
+            _ => return false,
+        };
+        api.code == 404
+    }
 }
 
 /// Runs both controllers, over all namespaces or over each of `namespaces`, until `shutdown`
@@ -61,7 +105,7 @@ impl ReconcileError {
 pub async fn run(
     shared: Arc<Shared>,
     namespaces: Vec<String>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
@@ -92,6 +136,19 @@ where
     }
 }
 
+/// What the run stream reports: a reconcile of an object that is gone means it was deleted,
+/// so its metric series go (no finalizer needed; the Secrets go with their owner).
+fn on_result<K: CredentialResource>(
+    shared: &Shared,
+    result: Result<(ObjectRef<K>, Action), runtime::Error<ReconcileError, watcher::Error>>,
+) {
+    if let Err(runtime::Error::ObjectNotFound(gone)) = result {
+        let namespace = gone.namespace.clone().unwrap_or_default();
+        shared.metrics.forget(&namespace, &K::kind(&()), &gone.name);
+        tracing::debug!(kind = %K::kind(&()), namespace, name = %gone.name, "deleted: forgot its metrics");
+    }
+}
+
 /// Both controllers over one scope.
 fn run_scope(
     shared: Arc<Shared>,
@@ -118,14 +175,19 @@ fn run_scope(
         }
     };
 
+    let installation_shared = shared.clone();
     let installation_controller = Controller::new(installations.clone(), base.clone())
         .owns(secrets.clone(), managed.clone())
         .graceful_shutdown_on(signal(shutdown))
         .run(installation::reconcile, error_policy, shared.clone())
-        .for_each(|_| async {});
+        .for_each(move |result| {
+            on_result(&installation_shared, result);
+            async {}
+        });
 
     let user_controller = Controller::new(users, base.clone());
     let user_store = user_controller.store();
+    let user_shared = shared.clone();
     let user_controller = user_controller
         .owns(secrets, managed)
         // A user auth depends on its installation: re-check the users of one that changed.
@@ -141,16 +203,76 @@ fn run_scope(
         })
         .graceful_shutdown_on(signal(shutdown))
         .run(user_auth::reconcile, error_policy, shared)
-        .for_each(|_| async {});
+        .for_each(move |result| {
+            on_result(&user_shared, result);
+            async {}
+        });
     async move {
         tokio::join!(installation_controller, user_controller);
     }
 }
 
 fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shared: Arc<Shared>) -> Action {
+    if error.is_not_found() {
+        // Deleted while reconciling: forget it (its Secrets go with it).
+        shared
+            .metrics
+            .forget(&obj.namespace().unwrap_or_default(), &K::kind(&()), &obj.name_any());
+        return Action::await_change();
+    }
     tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), category = error.category(), error = %error, "reconcile failed");
     shared.metrics.reconcile_error(K::kind(&()).as_ref(), error.category());
-    Action::requeue(Duration::from_secs(15))
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Writes status through `change` (re-read, changed, replaced; no write when nothing changes)
+/// and publishes an Event for every transition it made. Keeps the metrics' view current.
+async fn write_status<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    change: impl Fn(&mut K),
+) -> Result<K, ReconcileError> {
+    let before: Mutex<Option<CredentialStatus>> = Mutex::new(None);
+    let updated = store::update_status(&shared.ctx.client, obj, |current: &mut K| {
+        *lock(&before) = current.credential().cloned();
+        change(current);
+    })
+    .await?;
+    let before = lock(&before).take();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let fields = |s: Option<&CredentialStatus>| match s.map(serde_json::to_value) {
+            Some(Ok(serde_json::Value::Object(map))) => map,
+            _ => serde_json::Map::new(),
+        };
+        let (old, new) = (fields(before.as_ref()), fields(updated.credential()));
+        let changed: Vec<&String> = new
+            .keys()
+            .chain(old.keys())
+            .filter(|k| old.get(*k) != new.get(*k))
+            .collect();
+        if !changed.is_empty() {
+            tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), ?changed, "status written");
+        }
+    }
+    if let Some(after) = updated.credential() {
+        shared.events.publish_changes(&updated, before.as_ref(), after).await;
+        observe(shared, &updated);
+    }
+    Ok(updated)
+}
+
+/// Feeds the metrics with what `obj`'s status says.
+fn observe<K: CredentialResource>(shared: &Shared, obj: &K) {
+    let Some(status) = obj.credential() else { return };
+    let phase = status.phase.map(|p| format!("{p:?}"));
+    shared.metrics.observe(
+        &obj.namespace().unwrap_or_default(),
+        &K::kind(&()),
+        &obj.name_any(),
+        phase.as_deref(),
+        status.access_token_expires_at.as_ref().map(|t| t.0),
+        status.refresh_token_expires_at.as_ref().map(|t| t.0),
+    );
 }
 
 /// True when the resource needs a fresh authorization link: none yet, or it expired.
@@ -168,35 +290,47 @@ pub fn needs_new_link(status: Option<&CredentialStatus>, now: Timestamp) -> bool
     status.authorization_url.is_none() || status.authorization_nonce_hash.is_none() || expired
 }
 
+/// A new authorization link for `obj`: (url, nonce hash, expiry).
+fn new_link<K: CredentialResource>(ctx: &Context, obj: &K, now: Timestamp) -> (String, String, Timestamp) {
+    let (nonce, hash) = state::new_nonce();
+    let url = format!(
+        "{}/oauth/start/{}/{}/{}?nonce={nonce}",
+        ctx.public_url,
+        obj.namespace().unwrap_or_default(),
+        K::FLOW_KIND.segment(),
+        obj.name_any()
+    );
+    let ttl = jiff::SignedDuration::try_from(ctx.link_ttl).unwrap_or(jiff::SignedDuration::from_hours(24));
+    (url, hash, now + ttl)
+}
+
+/// Publishes a link into `status` unless a current one is there.
+fn ensure_link(status: &mut CredentialStatus, link: &(String, String, Timestamp), now: Timestamp) {
+    if needs_new_link(Some(status), now) {
+        status.authorization_url = Some(link.0.clone());
+        status.authorization_nonce_hash = Some(link.1.clone());
+        status.authorization_expires_at = Some(Time(link.2));
+    }
+}
+
+/// Removes the link from `status`.
+fn clear_link(status: &mut CredentialStatus) {
+    status.authorization_url = None;
+    status.authorization_nonce_hash = None;
+    status.authorization_expires_at = None;
+}
+
 /// Publishes (or keeps) the authorization link and reports `AwaitingAuthorization`.
 /// Returns when to look again (the link's expiry).
 async fn await_consent<K: CredentialResource>(shared: &Shared, obj: &K, why: &str) -> Result<Action, ReconcileError> {
     let ctx = &shared.ctx;
     let now = ctx.clock.now();
-    let link = needs_new_link(obj.credential(), now).then(|| {
-        let (nonce, hash) = state::new_nonce();
-        let url = format!(
-            "{}/oauth/start/{}/{}/{}?nonce={nonce}",
-            ctx.public_url,
-            obj.namespace().unwrap_or_default(),
-            K::FLOW_KIND.segment(),
-            obj.name_any()
-        );
-        (
-            url,
-            hash,
-            now + jiff::SignedDuration::try_from(ctx.link_ttl).unwrap_or(jiff::SignedDuration::from_hours(24)),
-        )
-    });
+    let link = new_link(ctx, obj, now);
     let why = why.to_string();
-    let updated = store::update_status(&ctx.client, obj, move |obj| {
+    let updated = write_status(shared, obj, move |obj| {
         let generation = obj.meta().generation;
         let status = obj.credential_mut();
-        if let Some((url, hash, expires)) = &link {
-            status.authorization_url = Some(url.clone());
-            status.authorization_nonce_hash = Some(hash.clone());
-            status.authorization_expires_at = Some(Time(*expires));
-        }
+        ensure_link(status, &link, now);
         status.phase = Some(Phase::AwaitingAuthorization);
         status.observed_generation = generation;
         conditions::set_condition(
@@ -219,66 +353,6 @@ async fn await_consent<K: CredentialResource>(shared: &Shared, obj: &K, why: &st
     Ok(Action::requeue(until(now, expires.unwrap_or(now))))
 }
 
-/// Reports a stored credential (phase `Ready` while the access token is current).
-async fn report_stored<K: CredentialResource>(
-    shared: &Shared,
-    obj: &K,
-    tokens: &TokenSet,
-    secret_name: &str,
-) -> Result<Action, ReconcileError> {
-    let now = shared.ctx.clock.now();
-    let current = tokens.expires_at > now;
-    let secret_name = secret_name.to_string();
-    let (expires, scopes, cloud_id, site_url) = (
-        tokens.expires_at,
-        tokens.scopes.clone(),
-        tokens.cloud_id.clone(),
-        tokens.site_url.clone(),
-    );
-    store::update_status(&shared.ctx.client, obj, move |obj| {
-        let generation = obj.meta().generation;
-        let status = obj.credential_mut();
-        status.phase = Some(if current { Phase::Ready } else { Phase::Degraded });
-        status.authorization_url = None;
-        status.authorization_nonce_hash = None;
-        status.authorization_expires_at = None;
-        status.secret_name = Some(secret_name.clone());
-        status.access_token_expires_at = Some(Time(expires));
-        status.granted_scopes = Some(scopes.clone());
-        status.cloud_id = Some(cloud_id.clone());
-        status.site_url = Some(site_url.clone());
-        status.observed_generation = generation;
-        let (reason, message) = if current {
-            (
-                reason::TOKEN_VALID,
-                "the access token is in the token Secret".to_string(),
-            )
-        } else {
-            ("TokenExpired", "the stored access token has expired".to_string())
-        };
-        conditions::set_condition(
-            &mut status.conditions,
-            conditions::READY,
-            current,
-            reason,
-            message,
-            generation,
-            now,
-        );
-        conditions::set_condition(
-            &mut status.conditions,
-            conditions::AUTHORIZED,
-            true,
-            reason::AUTHORIZED,
-            "a grant is stored in the vault",
-            generation,
-            now,
-        );
-    })
-    .await?;
-    Ok(Action::requeue(until(now, tokens.expires_at)))
-}
-
 /// Reports a configuration problem the user must fix; nothing happens until the spec changes.
 async fn report_failed<K: CredentialResource>(
     shared: &Shared,
@@ -288,13 +362,11 @@ async fn report_failed<K: CredentialResource>(
 ) -> Result<Action, ReconcileError> {
     let now = shared.ctx.clock.now();
     let reason = reason.to_string();
-    store::update_status(&shared.ctx.client, obj, move |obj| {
+    write_status(shared, obj, move |obj| {
         let generation = obj.meta().generation;
         let status = obj.credential_mut();
         status.phase = Some(Phase::Failed);
-        status.authorization_url = None;
-        status.authorization_nonce_hash = None;
-        status.authorization_expires_at = None;
+        clear_link(status);
         status.observed_generation = generation;
         conditions::set_condition(
             &mut status.conditions,
@@ -349,10 +421,9 @@ async fn stored_tokens<K: CredentialResource>(
     }
 }
 
-/// Time from `now` to `at`, never negative, at most an hour (a periodic re-check).
+/// Time from `now` to `at`, at least a second, at most an hour (a periodic re-check).
 fn until(now: Timestamp, at: Timestamp) -> Duration {
-    let secs = (at.as_second() - now.as_second()).clamp(1, 3600);
-    Duration::from_secs(secs as u64)
+    crate::token::delay_until(now, at).max(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! Reconciler of `ConfluenceUserAuth`: like an installation's, but only once its installation
-//! is Ready (a missing or unready installation gets `InstallationReady=False` and no link).
+//! Reconciler of `ConfluenceUserAuth`: like an installation's, but a new consent needs its
+//! installation Ready. A missing or unready installation gets `InstallationReady=False` and no
+//! link; tokens already stored keep refreshing with the installation's app credentials (the
+//! last ones seen, when the installation is gone).
 
 use std::sync::Arc;
 
@@ -7,17 +9,22 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 
-use super::{ReconcileError, Shared, await_consent, report_failed, report_stored, secret_conflict, stored_tokens};
+use super::lifecycle::{self, AppCredentials, Keep};
+use super::{
+    ReconcileError, Shared, await_consent, clear_link, lock, report_failed, secret_conflict, stored_tokens,
+    write_status,
+};
 use crate::crd::conditions::{self, reason};
 use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
-use crate::store;
+use crate::duration;
+use crate::token::{self, Renewal};
 use crate::validation;
 
 /// One pass over a user auth.
 pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
     let ctx = &shared.ctx;
-    let installations: Api<ConfluenceInstallation> =
-        Api::namespaced(ctx.client.clone(), &cfua.namespace().unwrap_or_default());
+    let namespace = cfua.namespace().unwrap_or_default();
+    let installations: Api<ConfluenceInstallation> = Api::namespaced(ctx.client.clone(), &namespace);
     let cfi = installations.get_opt(&cfua.spec.installation_ref.name).await?;
     let ready = cfi.as_ref().is_some_and(|c| {
         c.credential()
@@ -34,7 +41,7 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         (Some(_), false) => (
             reason::INSTALLATION_NOT_READY,
             format!(
-                "ConfluenceInstallation {:?} is not Ready yet",
+                "ConfluenceInstallation {:?} is not Ready",
                 cfua.spec.installation_ref.name
             ),
         ),
@@ -46,7 +53,7 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     let now = ctx.clock.now();
     let message = dependency_message.clone();
     let cfua = Arc::new(
-        store::update_status(&ctx.client, &*cfua, move |obj| {
+        write_status(&shared, &*cfua, move |obj| {
             let generation = obj.metadata.generation;
             let status = obj.status.get_or_insert_with(Default::default);
             conditions::set_condition(
@@ -61,55 +68,97 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         })
         .await?,
     );
-    // Before the vault is even read: a name taken by another resource is not ours to open.
-    let token_secret_name = cfua
-        .spec
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-token", cfua.name_any()));
-    if let Some(action) = secret_conflict(&shared, &*cfua, &token_secret_name).await? {
+    // Before the vault is even read: a name taken by something else is not ours to open.
+    if let Some(action) = secret_conflict(&shared, &*cfua, &fallback_policy(&cfua).2).await? {
         return Ok(action);
     }
     let tokens = match stored_tokens(&shared, &*cfua).await? {
         Ok(tokens) => tokens,
         Err(action) => return Ok(action),
     };
-    let Some(cfi) = cfi.filter(|_| ready) else {
-        if let Some(tokens) = tokens {
-            // Existing tokens keep being reported (and, later, refreshed) without the installation.
-            let name = cfua
-                .spec
-                .secret_name
-                .clone()
-                .unwrap_or_else(|| format!("{}-token", cfua.name_any()));
-            return report_stored(&shared, &*cfua, &tokens, &name).await;
+    let key = format!("{namespace}/{}", cfua.spec.installation_ref.name);
+    if let Some(cfi) = &cfi {
+        lock(&shared.app_credentials).insert(
+            key.clone(),
+            (cfi.spec.client_id.clone(), cfi.spec.client_secret_ref.clone()),
+        );
+    }
+    let Some(tokens) = tokens else {
+        let Some(cfi) = cfi.filter(|_| ready) else {
+            // No grant and no Ready installation: no link until it is.
+            write_status(&shared, &*cfua, |obj| {
+                let status = &mut obj.status.get_or_insert_with(Default::default).credential;
+                status.phase = Some(Phase::AwaitingAuthorization);
+                clear_link(status);
+            })
+            .await?;
+            return Ok(Action::requeue(std::time::Duration::from_secs(300)));
+        };
+        // No grant yet, so nothing is bound to an installation.
+        if let Err(e) = validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, None) {
+            return report_failed(&shared, &*cfua, reason::INVALID_SPEC, e.to_string()).await;
         }
-        store::update_status(&ctx.client, &*cfua, |obj| {
-            let status = &mut obj.status.get_or_insert_with(Default::default).credential;
-            status.phase = Some(Phase::AwaitingAuthorization);
-            status.authorization_url = None;
-            status.authorization_nonce_hash = None;
-            status.authorization_expires_at = None;
-        })
-        .await?;
+        return await_consent(
+            &shared,
+            &*cfua,
+            "waiting for the user to open status.authorizationUrl and consent",
+        )
+        .await;
+    };
+    // A stored grant: keep it alive, with or without the installation.
+    let (refresh_before, health_check_interval, token_secret_name) = match &cfi {
+        Some(cfi) => {
+            // The installation the grant was made under comes from the vault (authenticated),
+            // not from status, which others may be able to write (SECURITY.md, finding 10).
+            let bound = tokens.installation.as_deref();
+            match validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound) {
+                Ok(policy) => (
+                    policy.refresh_before,
+                    policy.health_check_interval,
+                    policy.token_secret_name,
+                ),
+                Err(e) => return report_failed(&shared, &*cfua, reason::INVALID_SPEC, e.to_string()).await,
+            }
+        }
+        None => fallback_policy(&cfua),
+    };
+    let Some((client_id, secret_ref)) = lock(&shared.app_credentials).get(&key).cloned() else {
+        // Installation gone before this replica ever saw it: nothing to refresh with.
+        tracing::warn!(name = %cfua.name_any(), installation = %key, "the installation is gone and its app credentials were never seen; the stored token is not refreshed");
         return Ok(Action::requeue(std::time::Duration::from_secs(300)));
     };
-    // The installation a grant was made under is read from the vault (authenticated), not from
-    // status, which others may be able to write.
-    let bound = tokens.as_ref().and_then(|t| t.installation.as_deref());
-    let policy = match validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound) {
-        Ok(policy) => policy,
-        Err(e) => return report_failed(&shared, &*cfua, reason::INVALID_SPEC, e.to_string()).await,
+    let keep = Keep {
+        policy: token::Policy {
+            refresh_before,
+            health_check_interval,
+            renewal: Renewal::Refresh,
+        },
+        token_secret_name,
+        app: AppCredentials {
+            namespace,
+            client_id,
+            secret_ref,
+        },
+        may_link: ready,
     };
-    match tokens {
-        Some(tokens) => report_stored(&shared, &*cfua, &tokens, &policy.token_secret_name).await,
-        None => {
-            await_consent(
-                &shared,
-                &*cfua,
-                "waiting for the user to open status.authorizationUrl and consent",
-            )
-            .await
-        }
-    }
+    lifecycle::keep_alive(&shared, &*cfua, tokens, &keep).await
+}
+
+/// The user's own durations (or the defaults) when the installation is gone.
+fn fallback_policy(cfua: &ConfluenceUserAuth) -> (std::time::Duration, std::time::Duration, String) {
+    let parse = |text: &Option<String>| {
+        text.as_deref()
+            .and_then(|t| duration::parse(t).ok())
+            .unwrap_or_else(|| duration::parse(crate::crd::DEFAULT_INTERVAL).unwrap_or_default())
+    };
+    let secret_name = cfua
+        .spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-token", cfua.name_any()));
+    (
+        parse(&cfua.spec.refresh_before),
+        parse(&cfua.spec.health_check_interval),
+        secret_name,
+    )
 }

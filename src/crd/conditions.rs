@@ -61,6 +61,14 @@ pub mod reason {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     /// `spec.clientSecretRef` names a Secret the operator must not read as a client secret.
     pub const CLIENT_SECRET_REFUSED: &str = "ClientSecretRefused";
+    /// Refreshing keeps failing and the access token expires before the next retry.
+    pub const REFRESH_FAILED: &str = "RefreshFailed";
+    /// The last health check reached the site with the current token.
+    pub const HEALTH_CHECK_PASSED: &str = "HealthCheckPassed";
+    /// A fresh grant proved the site reachable (counts as a health check).
+    pub const FRESH_GRANT: &str = "FreshGrant";
+    /// The refresh token passed its 365-day limit: someone must consent again.
+    pub const REFRESH_TOKEN_EXPIRED: &str = "RefreshTokenExpired";
 }
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` unless the status flips.

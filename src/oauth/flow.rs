@@ -647,6 +647,17 @@ async fn commit<K: CredentialResource>(
         return Err(stale_link());
     }
     let api_base = ctx.atlassian.api_base_url(&set.cloud_id);
+    // Both names are checked before either is written, so a conflict stores nothing at all.
+    let vault = validation::vault_secret_name(name);
+    let checked = store::check_owned(&ctx.client, &obj, &[&vault, token_secret_name]).await;
+    match checked.and(Ok(())) {
+        Ok(()) => {}
+        Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, &obj, &secret).await),
+        Err(e) => {
+            tracing::warn!(error = %e, category = e.category(), "checking the grant's Secrets failed");
+            return Err(unavailable());
+        }
+    }
     match store::write_tokens(&ctx.client, &ctx.keys, &obj, set, token_secret_name, &api_base).await {
         Ok(()) => {}
         Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, &obj, &secret).await),

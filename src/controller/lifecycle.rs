@@ -1,0 +1,607 @@
+//! Keeping a stored credential alive (DESIGN.md steps 4 and 5): the planner (`token::plan`)
+//! decides, this module acts. Only the reconciler refreshes, and kube-runtime never runs two
+//! reconciles of one object at once, so a refresh token is never sent twice concurrently.
+//!
+//! Write order on a renewal: vault, token Secret, status (three writes, no Event). The rotated
+//! token set is kept in memory until its vault write lands; while it is there, nothing else is
+//! sent to Atlassian for that resource.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use secrecy::ExposeSecret;
+
+use super::{ReconcileError, Shared, clear_link, ensure_link, lock, new_link, until, write_status};
+use crate::crd::conditions::{self, reason};
+use crate::crd::{CredentialResource, Phase, SecretKeyRef};
+use crate::oauth::atlassian::{AtlassianError, ClientCredentials};
+use crate::token::{self, Facts, Jitter, Next, Plan, Renewal};
+use crate::token_set::TokenSet;
+use crate::{refresh, store};
+
+/// Where the app's credentials are (an installation's spec, or the one a user belongs to).
+#[derive(Debug, Clone)]
+pub struct AppCredentials {
+    /// Namespace of the client secret Secret.
+    pub namespace: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// The client secret's Secret and key.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// How one credential is kept alive.
+#[derive(Debug, Clone)]
+pub struct Keep {
+    /// Planner policy.
+    pub policy: token::Policy,
+    /// Name of the token Secret.
+    pub token_secret_name: String,
+    /// The app credentials used to refresh or mint.
+    pub app: AppCredentials,
+    /// False for a user whose installation is not Ready: no new links.
+    pub may_link: bool,
+}
+
+/// What renewing did.
+enum Renewed {
+    /// A new token set, stored.
+    Stored(TokenSet),
+    /// The grant is dead (confirmed).
+    Revoked(String),
+    /// The app's credentials were refused.
+    InvalidClient,
+    /// Try again after this long.
+    Retry(Duration, String),
+}
+
+/// One pass over a resource that has a stored token set.
+pub async fn keep_alive<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: TokenSet,
+    keep: &Keep,
+) -> Result<Action, ReconcileError> {
+    let uid = obj.uid().unwrap_or_default();
+    let mut tokens = tokens;
+    let mut refreshed = None;
+    // A rotated token set from an earlier pass is written before anything else.
+    let unsaved = lock(&shared.unsaved).get(&uid).cloned();
+    if let Some(unsaved) = unsaved {
+        if let Err(e) = save(shared, obj, &unsaved, keep).await {
+            return Ok(retry_save(shared, obj, &uid, &e));
+        }
+        lock(&shared.unsaved).remove(&uid);
+        refreshed = Some(unsaved.obtained_at);
+        tokens = unsaved;
+    }
+    // A resource Atlassian refused stays refused until someone consents (the callback then
+    // writes a new grant and phase Ready).
+    let revoked_at = obj
+        .credential()
+        .filter(|s| s.phase == Some(Phase::Revoked))
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.last_transition_time.0);
+    // A grant newer than the revocation is a new consent (the callback stored it).
+    if revoked_at.is_some_and(|at| tokens.consented_at <= at) && refreshed.is_none() {
+        let why = obj
+            .credential()
+            .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        return revoked(shared, obj, keep, &tokens, &why).await;
+    }
+    let now = shared.ctx.clock.now();
+    let jitter = Jitter::for_key(&uid);
+    let facts = facts_of(obj, &tokens);
+    let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
+    match plan.next {
+        Next::RefreshNow | Next::Mint => renew_and_report(shared, obj, tokens, keep, jitter).await,
+        Next::HealthCheck => health_check(shared, obj, tokens, keep, jitter).await,
+        Next::NeedsConsent => {
+            let why = format!(
+                "the refresh token reached its 365-day limit at {}: open status.authorizationUrl to consent again",
+                facts.refresh_token_expires_at()
+            );
+            revoked_with(shared, obj, keep, &tokens, reason::REFRESH_TOKEN_EXPIRED, &why).await
+        }
+        Next::WaitUntil(at) => {
+            report(shared, obj, &tokens, keep, &plan, refreshed, None, None).await?;
+            Ok(Action::requeue(until(now, at)))
+        }
+    }
+}
+
+fn facts_of<K: CredentialResource>(obj: &K, tokens: &TokenSet) -> Facts {
+    Facts {
+        obtained_at: tokens.obtained_at,
+        expires_at: tokens.expires_at,
+        consented_at: tokens.consented_at,
+        last_health_check: obj
+            .credential()
+            .and_then(|s| s.last_health_check_time.as_ref())
+            .map(|t| t.0),
+    }
+}
+
+/// Vault then token Secret.
+async fn save<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: &TokenSet,
+    keep: &Keep,
+) -> Result<(), store::StoreError> {
+    let api_base = shared.ctx.atlassian.api_base_url(&tokens.cloud_id);
+    store::write_tokens(
+        &shared.ctx.client,
+        &shared.ctx.keys,
+        obj,
+        tokens,
+        &keep.token_secret_name,
+        &api_base,
+    )
+    .await
+}
+
+/// The rotated set is not stored yet: retry soon, never refresh meanwhile.
+fn retry_save<K: CredentialResource>(shared: &Shared, obj: &K, uid: &str, e: &store::StoreError) -> Action {
+    let attempt = bump(shared, uid);
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), category = e.category(), error = %e, attempt, "storing a rotated token set failed; retrying before anything else");
+    shared.metrics.reconcile_error(&K::kind(&()), e.category());
+    Action::requeue(token::backoff(attempt.min(4), None, Jitter::for_key(uid)))
+}
+
+/// Counts one more consecutive failure; returns the attempt number (0 for the first).
+fn bump(shared: &Shared, uid: &str) -> u32 {
+    let mut failures = lock(&shared.failures);
+    let count = failures.entry(uid.to_string()).or_insert(0);
+    *count += 1;
+    *count - 1
+}
+
+fn reset(shared: &Shared, uid: &str) {
+    lock(&shared.failures).remove(uid);
+}
+
+async fn client_secret(shared: &Shared, app: &AppCredentials) -> Result<Option<ClientCredentials>, ReconcileError> {
+    let policy = shared.ctx.client_secret_policy();
+    let secret = store::client_secret(&shared.ctx.client, &app.namespace, &app.secret_ref, &policy).await?;
+    Ok(secret.map(|client_secret| ClientCredentials {
+        client_id: app.client_id.clone(),
+        client_secret,
+    }))
+}
+
+/// Refreshes (or mints), stores, and reports.
+async fn renew_and_report<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: TokenSet,
+    keep: &Keep,
+    jitter: Jitter,
+) -> Result<Action, ReconcileError> {
+    let uid = obj.uid().unwrap_or_default();
+    let now = shared.ctx.clock.now();
+    match renew(shared, obj, &tokens, keep).await? {
+        Renewed::Stored(new) => {
+            reset(shared, &uid);
+            let facts = facts_of(obj, &new);
+            let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
+            let updated = report(shared, obj, &new, keep, &plan, Some(new.obtained_at), None, None).await?;
+            // Plan again from what was written (the health check clock may have moved).
+            let facts = facts_of(&updated, &new);
+            let plan = token::plan(shared.ctx.clock.now(), Some(&facts), &keep.policy, jitter);
+            Ok(requeue_for(shared.ctx.clock.now(), &plan))
+        }
+        Renewed::Revoked(why) => {
+            reset(shared, &uid);
+            revoked_with(shared, obj, keep, &tokens, reason::GRANT_REVOKED, &why).await
+        }
+        Renewed::InvalidClient => {
+            let message = "Atlassian rejected the app's client id or client secret: check spec.clientId and the client secret Secret".to_string();
+            super::report_failed(shared, obj, reason::INVALID_CLIENT_CREDENTIALS, message).await
+        }
+        Renewed::Retry(delay, why) => {
+            let degraded = token::expires_before_retry(now, tokens.expires_at, delay);
+            let facts = facts_of(obj, &tokens);
+            let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
+            let failure = degraded.then(|| {
+                format!(
+                    "refreshing failed ({why}) and the access token expires at {} before the next attempt",
+                    tokens.expires_at
+                )
+            });
+            report(shared, obj, &tokens, keep, &plan, None, None, failure).await?;
+            Ok(Action::requeue(delay))
+        }
+    }
+}
+
+fn requeue_for(now: Timestamp, plan: &Plan) -> Action {
+    match plan.next {
+        Next::WaitUntil(at) => Action::requeue(until(now, at)),
+        _ => Action::requeue(Duration::from_secs(1)),
+    }
+}
+
+/// One renewal call, with the bookkeeping DESIGN.md step 4 asks for.
+async fn renew<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: &TokenSet,
+    keep: &Keep,
+) -> Result<Renewed, ReconcileError> {
+    let kind = K::kind(&());
+    let uid = obj.uid().unwrap_or_default();
+    let Some(credentials) = client_secret(shared, &keep.app).await? else {
+        let attempt = bump(shared, &uid);
+        return Ok(Renewed::Retry(
+            token::backoff(attempt, None, Jitter::for_key(&uid)),
+            format!(
+                "the client secret Secret {:?} key {:?} is missing",
+                keep.app.secret_ref.name, keep.app.secret_ref.key
+            ),
+        ));
+    };
+    let now = shared.ctx.clock.now();
+    let started = Instant::now();
+    let result = match keep.policy.renewal {
+        Renewal::Refresh => refresh::refresh(&shared.ctx.atlassian, &credentials, tokens, now)
+            .await
+            .map_err(|e| match e {
+                refresh::RefreshError::Atlassian(e) => e,
+                refresh::RefreshError::NoRefreshToken => AtlassianError::GrantDead("no refresh token stored".into()),
+            }),
+        Renewal::Mint => super::client_credentials::mint(shared, &credentials, tokens, now).await,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(new) => {
+            // The sent refresh token is retired now: keep the new set until it is stored.
+            lock(&shared.unsaved).insert(uid.clone(), new.clone());
+            if let Err(e) = save(shared, obj, &new, keep).await {
+                shared.metrics.refresh(&kind, "success", seconds);
+                tracing::warn!(kind = %kind, name = %obj.name_any(), error = %e, "storing the rotated token set failed; it stays in memory and is retried first");
+                let attempt = bump(shared, &uid);
+                return Ok(Renewed::Retry(
+                    token::backoff(attempt.min(4), None, Jitter::for_key(&uid)),
+                    "the new token set could not be stored yet".into(),
+                ));
+            }
+            lock(&shared.unsaved).remove(&uid);
+            shared.metrics.refresh(&kind, "success", seconds);
+            tracing::info!(kind = %kind, namespace = ?obj.namespace(), name = %obj.name_any(), expires_at = %new.expires_at, "renewed the access token");
+            Ok(Renewed::Stored(new))
+        }
+        Err(AtlassianError::GrantDead(description)) => {
+            // Re-read the vault from the API server: a newer refresh token there means another
+            // replica rotated it, and the grant is alive.
+            let current = store::read_tokens(&shared.ctx.client, &shared.ctx.keys, obj).await?;
+            let sent = tokens.refresh_token.as_ref().map(|t| t.expose_secret().to_string());
+            let stored = current
+                .as_ref()
+                .and_then(|c| c.refresh_token.as_ref())
+                .map(|t| t.expose_secret().to_string());
+            if stored.is_some() && stored != sent {
+                shared.metrics.refresh(&kind, "superseded", seconds);
+                tracing::info!(kind = %kind, name = %obj.name_any(), "the vault already holds a newer refresh token; using it");
+                return Ok(Renewed::Retry(
+                    Duration::from_secs(1),
+                    "the refresh token was already rotated".into(),
+                ));
+            }
+            shared.metrics.refresh(&kind, "revoked", seconds);
+            let why = if description.is_empty() {
+                "Atlassian refused the grant (invalid_grant)".to_string()
+            } else {
+                format!("Atlassian refused the grant (invalid_grant: {description})")
+            };
+            Ok(Renewed::Revoked(format!(
+                "{why}: open status.authorizationUrl to consent again; the token Secret keeps the old token until it expires"
+            )))
+        }
+        Err(AtlassianError::InvalidClient) => {
+            shared.metrics.refresh(&kind, "invalid_client", seconds);
+            Ok(Renewed::InvalidClient)
+        }
+        Err(e) => {
+            let result = if e.is_transient() { "transient_error" } else { "error" };
+            shared.metrics.refresh(&kind, result, seconds);
+            let attempt = bump(shared, &uid);
+            let delay = token::backoff(attempt, e.retry_after(), Jitter::for_key(&format!("{uid}/{attempt}")));
+            tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "renewing the access token failed");
+            Ok(Renewed::Retry(delay, e.category().to_string()))
+        }
+    }
+}
+
+/// `accessible-resources` with the current token.
+async fn health_check<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: TokenSet,
+    keep: &Keep,
+    jitter: Jitter,
+) -> Result<Action, ReconcileError> {
+    let kind = K::kind(&());
+    let uid = obj.uid().unwrap_or_default();
+    let now = shared.ctx.clock.now();
+    let result = shared.ctx.atlassian.accessible_resources(&tokens.access_token).await;
+    let health = match result {
+        Ok(sites) if sites.iter().any(|s| s.id == tokens.cloud_id) => {
+            shared.metrics.health_check(&kind, "healthy");
+            reset(shared, &uid);
+            (
+                true,
+                reason::HEALTH_CHECK_PASSED,
+                format!("the token reaches {}", tokens.site_url),
+            )
+        }
+        Ok(_) => {
+            shared.metrics.health_check(&kind, "site_access_lost");
+            reset(shared, &uid);
+            (
+                false,
+                reason::SITE_ACCESS_LOST,
+                format!(
+                    "the grant no longer covers {} (the app was removed from the site or the account lost access): an admin must re-install the app, then open status.authorizationUrl to consent again",
+                    tokens.site_url
+                ),
+            )
+        }
+        Err(AtlassianError::Unauthorized) => {
+            // The token was refused: refresh now.
+            shared.metrics.health_check(&kind, "unauthorized");
+            tracing::info!(kind = %kind, name = %obj.name_any(), "the health check was refused (401): refreshing now");
+            return renew_and_report(shared, obj, tokens, keep, jitter).await;
+        }
+        Err(e) => {
+            shared.metrics.health_check(&kind, "error");
+            let attempt = bump(shared, &uid);
+            let delay = token::backoff(attempt, e.retry_after(), Jitter::for_key(&format!("{uid}/{attempt}")));
+            tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, retry_in = ?delay, "the health check failed");
+            let facts = facts_of(obj, &tokens);
+            let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
+            // Come back for the refresh if it is due before the retry.
+            let delay = match plan.refresh_at {
+                Some(at) => delay.min(until(now, at)),
+                None => delay,
+            };
+            return Ok(Action::requeue(delay));
+        }
+    };
+    let facts = facts_of(obj, &tokens);
+    let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
+    let updated = report(shared, obj, &tokens, keep, &plan, None, Some(health), None).await?;
+    let facts = facts_of(&updated, &tokens);
+    let plan = token::plan(shared.ctx.clock.now(), Some(&facts), &keep.policy, jitter);
+    Ok(requeue_for(shared.ctx.clock.now(), &plan))
+}
+
+/// Writes the status of a live credential in one write (no write when nothing changed).
+///
+/// `health`: a new health result (or `None` to keep the last one); `failure`: refreshing is
+/// failing and the token expires first (phase `Degraded`, reason `RefreshFailed`).
+#[allow(clippy::too_many_arguments)]
+async fn report<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: &TokenSet,
+    keep: &Keep,
+    plan: &Plan,
+    refreshed: Option<Timestamp>,
+    health: Option<(bool, &'static str, String)>,
+    failure: Option<String>,
+) -> Result<K, ReconcileError> {
+    let ctx = &shared.ctx;
+    let now = ctx.clock.now();
+    let link = new_link(ctx, obj, now);
+    // Decided on the object as re-read for the write (the cache may lag behind).
+    let announced = std::sync::atomic::AtomicBool::new(false);
+    let tokens_meta = (
+        tokens.expires_at,
+        tokens.scopes.clone(),
+        tokens.cloud_id.clone(),
+        tokens.site_url.clone(),
+        tokens.consented_at,
+    );
+    let secret_name = keep.token_secret_name.clone();
+    let (renewal, may_link, reauth_due) = (keep.policy.renewal, keep.may_link, plan.reauthorization_due);
+    let next_refresh = plan.refresh_at;
+    let updated = write_status(shared, obj, |obj| {
+        let generation = obj.meta().generation;
+        let status = obj.credential_mut();
+        let (expires, scopes, cloud_id, site_url, consented) = &tokens_meta;
+        let current = *expires > now;
+        let fresh_grant = status
+            .last_health_check_time
+            .as_ref()
+            .is_none_or(|t| t.0.as_second() < consented.as_second());
+        announced.store(fresh_grant && health.is_none(), std::sync::atomic::Ordering::Relaxed);
+        status.secret_name = Some(secret_name.clone());
+        status.access_token_expires_at = Some(Time(*expires));
+        status.granted_scopes = Some(scopes.clone());
+        status.cloud_id = Some(cloud_id.clone());
+        status.site_url = Some(site_url.clone());
+        status.observed_generation = generation;
+        status.next_refresh_time = next_refresh.map(Time);
+        if let Some(at) = refreshed {
+            status.last_refresh_time = Some(Time(at));
+        }
+        if let Some((ok, reason, message)) = &health {
+            status.last_health_check_time = Some(Time(now));
+            conditions::set_condition(&mut status.conditions, conditions::HEALTHY, *ok, reason, message.clone(), generation, now);
+        } else if conditions::find(&status.conditions, conditions::HEALTHY).is_none() || fresh_grant {
+            // A fresh grant counts as a successful check (the callback just reached the site).
+            status.last_health_check_time = Some(Time(now.max(*consented)));
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::HEALTHY,
+                true,
+                reason::FRESH_GRANT,
+                format!("a fresh grant reaches {site_url}"),
+                generation,
+                now,
+            );
+        }
+        let authorized = if renewal == Renewal::Mint {
+            "the service account's client credentials work".to_string()
+        } else {
+            conditions::find(&status.conditions, conditions::AUTHORIZED)
+                .filter(|c| c.status == "True")
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| "a grant is stored in the vault".to_string())
+        };
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::AUTHORIZED,
+            true,
+            reason::AUTHORIZED,
+            authorized,
+            generation,
+            now,
+        );
+        let healthy = conditions::find(&status.conditions, conditions::HEALTHY).is_none_or(|c| c.status == "True");
+        let (phase, ready, reason, message) = if let Some(why) = &failure {
+            (Phase::Degraded, false, reason::REFRESH_FAILED, why.clone())
+        } else if !current {
+            (
+                Phase::Degraded,
+                false,
+                "TokenExpired",
+                "the stored access token has expired; the operator is refreshing it".to_string(),
+            )
+        } else if !healthy {
+            (
+                Phase::Degraded,
+                true,
+                reason::TOKEN_VALID,
+                "the access token is in the token Secret, but the last health check failed (see Healthy)".to_string(),
+            )
+        } else {
+            (
+                Phase::Ready,
+                true,
+                reason::TOKEN_VALID,
+                "the access token is in the token Secret".to_string(),
+            )
+        };
+        status.phase = Some(phase);
+        conditions::set_condition(&mut status.conditions, conditions::READY, ready, reason, message, generation, now);
+        if renewal == Renewal::Refresh {
+            let dies = *consented + token::REFRESH_TOKEN_MAX_AGE;
+            status.refresh_token_expires_at = Some(Time(dies));
+            let (r, m) = if reauth_due {
+                (
+                    reason::REFRESH_TOKEN_EXPIRING,
+                    format!("the refresh token dies at {dies} (365 days after consent): open status.authorizationUrl to consent again before then; the current grant keeps working until that time"),
+                )
+            } else {
+                (
+                    reason::REFRESH_TOKEN_CURRENT,
+                    format!("the refresh token lives until {dies}"),
+                )
+            };
+            conditions::set_condition(&mut status.conditions, conditions::REAUTHORIZATION_DUE, reauth_due, r, m, generation, now);
+        }
+        // A link while someone should consent again and may: re-authorization due, or the site
+        // lost. Otherwise none.
+        let site_lost = conditions::find(&status.conditions, conditions::HEALTHY)
+            .is_some_and(|c| c.status == "False" && c.reason == reason::SITE_ACCESS_LOST);
+        if may_link && renewal == Renewal::Refresh && (reauth_due || site_lost) {
+            ensure_link(status, &link, now);
+        } else {
+            clear_link(status);
+        }
+    })
+    .await?;
+    if announced.load(std::sync::atomic::Ordering::Relaxed) {
+        let account = tokens.account_id.clone();
+        let note = format!("Atlassian account {account} authorized access to {}", tokens.site_url);
+        shared
+            .events
+            .publish(
+                &updated,
+                &crate::events::Transition {
+                    warning: false,
+                    reason: crate::events::reasons::AUTHORIZED,
+                    note: crate::events::sentence(&note),
+                },
+            )
+            .await;
+    }
+    Ok(updated)
+}
+
+async fn revoked<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    keep: &Keep,
+    tokens: &TokenSet,
+    why: &str,
+) -> Result<Action, ReconcileError> {
+    let reason = obj
+        .credential()
+        .and_then(|s| conditions::find(&s.conditions, conditions::READY))
+        .map(|c| c.reason.clone())
+        .filter(|r| r == reason::REFRESH_TOKEN_EXPIRED)
+        .map_or(reason::GRANT_REVOKED, |_| reason::REFRESH_TOKEN_EXPIRED);
+    revoked_with(shared, obj, keep, tokens, reason, why).await
+}
+
+/// Phase `Revoked`: Ready and Authorized False, a new link (when allowed), an Event (from the
+/// phase transition). The token Secret keeps the old token until it expires.
+async fn revoked_with<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    keep: &Keep,
+    tokens: &TokenSet,
+    reason: &'static str,
+    why: &str,
+) -> Result<Action, ReconcileError> {
+    let now = shared.ctx.clock.now();
+    let link = new_link(&shared.ctx, obj, now);
+    let may_link = keep.may_link;
+    let why = why.to_string();
+    let expires = tokens.expires_at;
+    let updated = write_status(shared, obj, |obj| {
+        let generation = obj.meta().generation;
+        let status = obj.credential_mut();
+        status.phase = Some(Phase::Revoked);
+        status.next_refresh_time = None;
+        status.access_token_expires_at = Some(Time(expires));
+        status.observed_generation = generation;
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::READY,
+            false,
+            reason,
+            why.clone(),
+            generation,
+            now,
+        );
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::AUTHORIZED,
+            false,
+            reason,
+            why.clone(),
+            generation,
+            now,
+        );
+        if may_link {
+            ensure_link(status, &link, now);
+        } else {
+            clear_link(status);
+        }
+    })
+    .await?;
+    let expires = updated
+        .credential()
+        .and_then(|s| s.authorization_expires_at.as_ref())
+        .map_or(now + jiff::SignedDuration::from_hours(1), |t| t.0);
+    Ok(Action::requeue(until(now, expires)))
+}
