@@ -243,6 +243,7 @@ def test_the_container_runs_the_operator_configured_from_values() -> None:
     assert e["OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert e["LOG_FORMAT"] == "plain"
     assert e["KEYS_SECRET"] == "confluence-auth-operator-keys"
+    assert (e["LEASE_NAME"], e["LEASE_DURATION"]) == ("confluence-auth-operator", "15s")
     assert env(objects())["LOG_FORMAT"] == "json"
 
 
