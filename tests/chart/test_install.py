@@ -97,6 +97,9 @@ def start_operator(cluster: Cluster, namespace: str, values: dict[str, Any]) -> 
         **chart_env,
         "KUBECONFIG": str(cluster.kubeconfig),
         "OPERATOR_NAMESPACE": namespace,  # the chart's fieldRef
+        # Only this test's namespace: the examples applied by the other test name real Atlassian
+        # hosts, which this machine cannot reach.
+        "WATCH_NAMESPACES": namespace,
         "WEBHOOK_ADDR": "127.0.0.1:0",
         "METRICS_ADDR": "127.0.0.1:0",
         "RUST_LOG": "warn",
