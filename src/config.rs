@@ -23,6 +23,7 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// A local demo: the embedded test control plane (unless KUBECONFIG names a cluster), the
     /// Atlassian stand-in, the examples, and both consent flows walked end to end.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Print both CustomResourceDefinitions as YAML (what `crds/` holds).
     Crd {
@@ -33,6 +34,7 @@ pub enum Command {
 }
 
 /// Flags of `demo`.
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// Stop once both credentials are Ready instead of running until Ctrl-C.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod crd;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod duration;
 pub mod events;

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use confluence_auth_operator::config::{Cli, Command};
-use confluence_auth_operator::{crd, demo, operator, telemetry};
+#[cfg(feature = "demo")]
+use confluence_auth_operator::demo;
+use confluence_auth_operator::{crd, operator, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,6 +22,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crd { out_dir: Some(dir) } => crd::write_files(&dir).map_err(Into::into),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => runtime().and_then(|rt| {
             rt.block_on(demo::run(args))
                 .map_err(|e| e as Box<dyn std::error::Error>)

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
 use warp::Filter;
 
 use crate::config::RunArgs;
@@ -17,6 +17,7 @@ use crate::http_guard;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::oauth::atlassian::{self, AtlassianClient, Endpoints};
+use crate::store;
 use crate::vault::{KeyRing, VaultError};
 use crate::webhook::{self, Readiness};
 
@@ -40,6 +41,34 @@ pub enum StartError {
         namespace: String,
         /// Name.
         name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// The keys Secret is missing while vault Secrets sealed with its keys exist: a new key
+    /// could never open them, so the operator refuses to start instead of minting one.
+    #[error(
+        "the keys Secret {namespace}/{name} is missing, but {vaults} vault Secret(s) sealed with its keys exist \
+         (for example {example}); refusing to create a new master key, which could never open them. \
+         Restore the keys Secret from your backup (`kubectl apply -f <backup>.yaml`, see the README's \
+         \"Back up and rotate the master keys\") and restart the operator. Only if no backup exists: \
+         delete the vault Secrets (`kubectl delete secret -A -l app.kubernetes.io/managed-by=confluence-auth-operator \
+         --field-selector type=confluence-auth.dev/vault`) and authorize every credential again"
+    )]
+    KeysLost {
+        /// Namespace of the keys Secret.
+        namespace: String,
+        /// Name of the keys Secret.
+        name: String,
+        /// How many vault Secrets exist.
+        vaults: usize,
+        /// One of them, `namespace/name`.
+        example: String,
+    },
+    /// The watched namespaces could not be searched for vault Secrets.
+    #[error("could not list the vault Secrets in {scope} (needed before creating a keys Secret): {source}")]
+    VaultCheck {
+        /// What was listed.
+        scope: String,
         /// Cause.
         source: kube::Error,
     },
@@ -79,7 +108,7 @@ pub async fn run(
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), StartError> {
     let namespace = operator_namespace(&args, &client);
-    let keys = load_or_create_keys(&client, &namespace, &args.keys_secret).await?;
+    let keys = load_or_create_keys(&client, &namespace, &args.keys_secret, &args.namespaces).await?;
     tracing::info!(namespace, secret = %args.keys_secret, primary = keys.primary_id(), "loaded the vault's master keys");
     let endpoints = Endpoints {
         auth_url: args.atlassian_auth_url.to_string(),
@@ -268,8 +297,19 @@ fn operator_namespace(args: &RunArgs, client: &Client) -> String {
         .unwrap_or_else(|| client.default_namespace().to_string())
 }
 
-/// Loads the master keys; on first start creates the Secret with one random key.
-async fn load_or_create_keys(client: &Client, namespace: &str, name: &str) -> Result<KeyRing, StartError> {
+/// Loads the vault's master keys from the keys Secret `namespace/name`.
+///
+/// When the Secret is missing it is created with one random key (id `1`), but only when no vault
+/// Secret exists in the `watched` namespaces (empty: all namespaces): a vault sealed with a key
+/// that is gone can never be opened again, so minting a new key over it would silently turn
+/// every credential into `VaultUnreadable`. Creation is create-only (`POST`, never an update), so
+/// of two replicas starting at once exactly one creates the Secret and the other reads it.
+pub async fn load_or_create_keys(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    watched: &[String],
+) -> Result<KeyRing, StartError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let wrap = |source| StartError::KeysSecret {
         namespace: namespace.to_string(),
@@ -279,11 +319,21 @@ async fn load_or_create_keys(client: &Client, namespace: &str, name: &str) -> Re
     if let Some(secret) = secrets.get_opt(name).await.map_err(wrap)? {
         return Ok(KeyRing::from_secret_data(&secret.data.unwrap_or_default())?);
     }
+    let vaults = existing_vaults(client, watched).await?;
+    if let Some(example) = vaults.first() {
+        return Err(StartError::KeysLost {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            vaults: vaults.len(),
+            example: example.clone(),
+        });
+    }
     let ring = KeyRing::generate("1")?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
+            labels: Some([("app.kubernetes.io/managed-by".to_string(), store::MANAGER.to_string())].into()),
             ..ObjectMeta::default()
         },
         data: Some(ring.to_secret_data()),
@@ -292,7 +342,11 @@ async fn load_or_create_keys(client: &Client, namespace: &str, name: &str) -> Re
     };
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => {
-            tracing::info!(namespace, name, "created the keys Secret with a new random master key");
+            tracing::info!(
+                namespace,
+                name,
+                "created the keys Secret with a new random master key: back it up"
+            );
             Ok(ring)
         }
         // Another replica created it first: use theirs.
@@ -302,6 +356,36 @@ async fn load_or_create_keys(client: &Client, namespace: &str, name: &str) -> Re
         }
         Err(e) => Err(wrap(e)),
     }
+}
+
+/// `namespace/name` of every vault Secret in the watched namespaces (empty: all namespaces).
+async fn existing_vaults(client: &Client, watched: &[String]) -> Result<Vec<String>, StartError> {
+    let apis: Vec<(Option<&str>, Api<Secret>)> = if watched.is_empty() {
+        vec![(None, Api::all(client.clone()))]
+    } else {
+        watched
+            .iter()
+            .map(|ns| (Some(ns.as_str()), Api::namespaced(client.clone(), ns)))
+            .collect()
+    };
+    // Vaults carry the managed-by label; their type is filtered here because not every API
+    // server (nor the testbed) selects Secrets by `type`.
+    let params = ListParams::default().labels(&format!("app.kubernetes.io/managed-by={}", store::MANAGER));
+    let mut found = Vec::new();
+    for (ns, api) in apis {
+        let list = api.list(&params).await.map_err(|source| StartError::VaultCheck {
+            scope: ns.map_or_else(|| "all namespaces".to_string(), |ns| format!("namespace {ns}")),
+            source,
+        })?;
+        found.extend(
+            list.items
+                .into_iter()
+                .filter(|s| s.type_.as_deref() == Some(store::VAULT_TYPE))
+                .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())),
+        );
+    }
+    found.sort();
+    Ok(found)
 }
 
 async fn serve_metrics(
