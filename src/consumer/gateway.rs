@@ -53,8 +53,14 @@ pub struct Gateway {
     installations: Store<ConfluenceInstallation>,
     users: Store<ConfluenceUserAuth>,
     /// sha256(caller token) → (username, when reviewed); only admitted callers are cached.
-    reviews: Arc<Mutex<HashMap<[u8; 32], (String, Instant)>>>,
+    reviews: Arc<Mutex<Reviews>>,
 }
+
+/// Admitted callers: sha256 of their token → (username, when reviewed).
+type Reviews = HashMap<[u8; 32], (String, Instant)>;
+
+/// A refusal the gateway answers itself (boxed: a response is large).
+type Refusal = Box<Response<ProxyBody>>;
 
 fn store_of<K>(api: Api<K>, config: watcher::Config) -> Store<K>
 where
@@ -174,7 +180,7 @@ impl Gateway {
     }
 
     /// The token of a credential resource, or the answer that explains why there is none.
-    fn token_of<K: CredentialResource>(&self, object: &K, what: &str) -> Result<Token, Response<ProxyBody>> {
+    fn token_of<K: CredentialResource>(&self, object: &K, what: &str) -> Result<Token, Refusal> {
         let cred: Option<&CredentialStatus> = object.credential();
         let phase = cred.and_then(|c| c.phase);
         // Refreshing and Degraded still hold a working token; the Secret's expiry decides.
@@ -182,16 +188,16 @@ impl Gateway {
             let phase = phase
                 .map(|p| format!("{p:?}"))
                 .unwrap_or_else(|| "not reconciled yet".into());
-            return Err(local_answer(
+            return Err(Box::new(local_answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("confluence-auth gateway: {what} is {phase}"),
-            ));
+            )));
         }
-        let unavailable = |why: String| {
-            local_answer(
+        let unavailable = |why: String| -> Refusal {
+            Box::new(local_answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("confluence-auth gateway: {what}: {why}"),
-            )
+            ))
         };
         let Some(name) = cred.and_then(|c| c.secret_name.clone()) else {
             return Err(unavailable("its status names no token Secret".into()));
@@ -230,8 +236,13 @@ impl Gateway {
     }
 
     /// Resolves a route to a token and the path to forward.
-    fn route(&self, path: &str) -> Result<(Token, String), Response<ProxyBody>> {
-        let not_found = |m: String| local_answer(StatusCode::NOT_FOUND, &format!("confluence-auth gateway: {m}"));
+    fn route(&self, path: &str) -> Result<(Token, String), Refusal> {
+        let not_found = |m: String| -> Refusal {
+            Box::new(local_answer(
+                StatusCode::NOT_FOUND,
+                &format!("confluence-auth gateway: {m}"),
+            ))
+        };
         let trimmed = path.trim_start_matches('/');
         let (installation, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
         if installation.is_empty() {
@@ -286,7 +297,7 @@ impl Gateway {
         };
         let (token, mut path) = match self.route(req.uri().path()) {
             Ok(route) => route,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         if let Some(query) = req.uri().query() {
             path = format!("{path}?{query}");
