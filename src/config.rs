@@ -31,6 +31,93 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// A sidecar: forward an application's calls to Confluence with the token of a mounted
+    /// token Secret (`http://127.0.0.1:8080/wiki/...`).
+    Proxy(ProxyArgs),
+    /// One gateway per namespace for multi-user applications: `/{installation}/users/{userId}/…`
+    /// with that user's token, `/{installation}/…` with the installation's.
+    Gateway(GatewayArgs),
+    /// Print a credential's authorization link; with `--wait`, wait until it is Ready.
+    Authorize(AuthorizeArgs),
+    /// One table of every credential: phase, site, account, expiries, last problem.
+    Status(StatusArgs),
+}
+
+/// Flags of `gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Listen address.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The namespace served (the pod's own; only its credentials and Secrets are watched).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// ServiceAccount usernames admitted, comma separated
+    /// (`system:serviceaccount:<namespace>:<name>`).
+    #[arg(long, env = "GATEWAY_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+}
+
+/// Which kind `authorize` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthorizeKind {
+    /// A `ConfluenceInstallation`.
+    Installation,
+    /// A `ConfluenceUserAuth`.
+    User,
+}
+
+/// Flags of `authorize`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthorizeArgs {
+    /// `installation` or `user`.
+    #[arg(value_enum)]
+    pub kind: AuthorizeKind,
+    /// The resource's name.
+    pub name: String,
+    /// Its namespace (default: the kubeconfig's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Wait until the resource is Ready; exit non-zero when it fails, is revoked or times out.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+/// Output format of `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table.
+    Table,
+    /// A JSON array of rows.
+    Json,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Only this namespace (default: the kubeconfig's).
+    #[arg(short, long, conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// `table` or `json`.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Flags of `proxy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Where the token Secret is mounted (a volume, not env or subPath: those never update).
+    #[arg(long, env = "TOKEN_DIR")]
+    pub token_dir: PathBuf,
+    /// Listen address; loopback so that only the pod's own containers reach it.
+    #[arg(long, env = "PROXY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// Flags of `demo`.

@@ -5,6 +5,7 @@
 
 pub mod claim;
 pub mod config;
+pub mod consumer;
 pub mod context;
 pub mod controller;
 pub mod crd;

@@ -6,7 +6,7 @@ use clap::Parser;
 use confluence_auth_operator::config::{Cli, Command};
 #[cfg(feature = "demo")]
 use confluence_auth_operator::demo;
-use confluence_auth_operator::{crd, operator, telemetry};
+use confluence_auth_operator::{consumer, crd, operator, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,15 @@ fn main() -> ExitCode {
             rt.block_on(demo::run(args))
                 .map_err(|e| e as Box<dyn std::error::Error>)
         }),
+        Command::Proxy(args) => runtime().and_then(|rt| {
+            rt.block_on(consumer::proxy::run(args, shutdown_signal()))
+                .map_err(Into::into)
+        }),
+        Command::Gateway(args) => runtime().and_then(|rt| rt.block_on(consumer::gateway::run(args, shutdown_signal()))),
+        Command::Authorize(args) => {
+            runtime().and_then(|rt| rt.block_on(consumer::cli::authorize(args)).map_err(Into::into))
+        }
+        Command::Status(args) => runtime().and_then(|rt| rt.block_on(consumer::cli::status(args)).map_err(Into::into)),
         Command::Run(args) => runtime().and_then(|rt| {
             rt.block_on(async {
                 let client = kube::Client::try_default().await?;
