@@ -620,9 +620,13 @@ async fn a_watch_from_resource_version_1_is_gone_by_default() {
     // History is bounded by time too (etcd compaction): shrink the window and wait past it.
     if let Some(server) = &c.server {
         server.set_history_window(Duration::from_millis(200));
-        api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 2}})))
-            .await
-            .unwrap();
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let from = created.resource_version().unwrap();
         let events: Vec<_> = api
@@ -647,33 +651,13 @@ async fn deleting_a_namespace_terminates_it_then_removes_it_with_its_contents() 
     secrets.create(&PostParams::default(), &secret).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(c.client.clone());
     let ns = namespaces.get(&c.namespace).await.unwrap();
-    assert_eq!(
-        ns.labels().get("kubernetes.io/metadata.name"),
-        Some(&c.namespace)
-    );
-    assert_eq!(
-        ns.spec.unwrap().finalizers,
-        Some(vec!["kubernetes".to_string()])
-    );
-    let deleting = namespaces
-        .delete(&c.namespace, &DeleteParams::default())
-        .await
-        .unwrap();
+    assert_eq!(ns.labels().get("kubernetes.io/metadata.name"), Some(&c.namespace));
+    assert_eq!(ns.spec.unwrap().finalizers, Some(vec!["kubernetes".to_string()]));
+    let deleting = namespaces.delete(&c.namespace, &DeleteParams::default()).await.unwrap();
     let answered = deleting.left().expect("the namespace is returned while it terminates");
-    assert_eq!(
-        answered.status.and_then(|s| s.phase).as_deref(),
-        Some("Terminating")
-    );
+    assert_eq!(answered.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
     assert!(answered.metadata.deletion_timestamp.is_some());
-    wait(|| async {
-        namespaces
-            .get_opt(&c.namespace)
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    wait(|| async { namespaces.get_opt(&c.namespace).await.unwrap().is_none().then_some(()) }).await;
     assert!(secrets.get_opt("s").await.unwrap().is_none());
 }
 
@@ -694,9 +678,7 @@ async fn service_account_tokens_review_as_their_account() {
     let token = issued.status.unwrap().token.unwrap();
     assert_eq!(token.split('.').count(), 3);
     let reviews: Api<TokenReview> = Api::all(c.client.clone());
-    let review = |token: String| -> TokenReview {
-        serde_json::from_value(json!({"spec": {"token": token}})).unwrap()
-    };
+    let review = |token: String| -> TokenReview { serde_json::from_value(json!({"spec": {"token": token}})).unwrap() };
     let valid = reviews
         .create(&PostParams::default(), &review(token))
         .await
