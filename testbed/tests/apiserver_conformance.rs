@@ -586,3 +586,154 @@ async fn it_binds_loopback_starts_fast_and_stops_on_drop() {
         "the port is closed after drop"
     );
 }
+
+#[tokio::test]
+async fn a_watch_from_resource_version_1_is_gone_by_default() {
+    let c = cluster().await;
+    let api: Api<Widget> = Api::namespaced(c.client.clone(), &c.namespace);
+    let created = api.create(&PostParams::default(), &widget("a", 1)).await.unwrap();
+    // Neither server keeps history from before its watch cache started (raw/watch-too-old.jsonl).
+    let gone = |from: String| {
+        let api = api.clone();
+        async move {
+            let events: Vec<_> = api
+                .watch(&WatchParams::default().timeout(5), &from)
+                .await
+                .unwrap()
+                .take(1)
+                .collect()
+                .await;
+            match &events[0] {
+                Ok(WatchEvent::Error(status)) => {
+                    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+                    assert!(
+                        status.message.starts_with("too old resource version: 1 ("),
+                        "{}",
+                        status.message
+                    );
+                }
+                other => panic!("expected a 410 Expired event, got {other:?}"),
+            }
+        }
+    };
+    gone("1".into()).await;
+    // History is bounded by time too (etcd compaction): shrink the window and wait past it.
+    if let Some(server) = &c.server {
+        server.set_history_window(Duration::from_millis(200));
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let from = created.resource_version().unwrap();
+        let events: Vec<_> = api
+            .watch(&WatchParams::default().timeout(5), &from)
+            .await
+            .unwrap()
+            .take(1)
+            .collect()
+            .await;
+        assert!(
+            matches!(&events[0], Ok(WatchEvent::Error(s)) if s.code == 410),
+            "{events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_terminates_it_then_removes_it_with_its_contents() {
+    let c = cluster().await;
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.namespace);
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}})).unwrap();
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    let ns = namespaces.get(&c.namespace).await.unwrap();
+    assert_eq!(ns.labels().get("kubernetes.io/metadata.name"), Some(&c.namespace));
+    assert_eq!(ns.spec.unwrap().finalizers, Some(vec!["kubernetes".to_string()]));
+    let deleting = namespaces.delete(&c.namespace, &DeleteParams::default()).await.unwrap();
+    let answered = deleting.left().expect("the namespace is returned while it terminates");
+    assert_eq!(answered.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
+    assert!(answered.metadata.deletion_timestamp.is_some());
+    wait(|| async { namespaces.get_opt(&c.namespace).await.unwrap().is_none().then_some(()) }).await;
+    assert!(secrets.get_opt("s").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn service_account_tokens_review_as_their_account() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let c = cluster().await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(c.client.clone(), &c.namespace);
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "robot"}})).unwrap();
+    let account = accounts.create(&PostParams::default(), &account).await.unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
+    let issued = accounts
+        .create_token_request("robot", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token = issued.status.unwrap().token.unwrap();
+    assert_eq!(token.split('.').count(), 3);
+    let reviews: Api<TokenReview> = Api::all(c.client.clone());
+    let review = |token: String| -> TokenReview { serde_json::from_value(json!({"spec": {"token": token}})).unwrap() };
+    let valid = reviews
+        .create(&PostParams::default(), &review(token))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(valid.authenticated, Some(true));
+    let user = valid.user.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some(format!("system:serviceaccount:{}:robot", c.namespace).as_str())
+    );
+    assert_eq!(user.uid, account.metadata.uid);
+    let invalid = reviews
+        .create(&PostParams::default(), &review("not-a-token".into()))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_ne!(invalid.authenticated, Some(true));
+    assert!(invalid.error.is_some());
+}
+
+#[tokio::test]
+async fn a_spec_the_schema_forbids_is_invalid() {
+    use kube::api::{ApiResource, DynamicObject};
+    let c = cluster().await;
+    let resource = ApiResource::erase::<Widget>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &c.namespace, &resource);
+    let bad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "conformance.testbed.dev/v1", "kind": "Widget",
+        "metadata": {"name": "bad"}, "spec": {"size": "big"}
+    }))
+    .unwrap();
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    let details = status.details.unwrap();
+    assert_eq!(details.kind, "Widget");
+    assert_eq!(details.name, "bad");
+    assert_eq!(details.causes[0].field, "spec.size");
+    assert_eq!(details.causes[0].reason, "FieldValueTypeInvalid");
+    let missing: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "conformance.testbed.dev/v1", "kind": "Widget",
+        "metadata": {"name": "bad"}, "spec": {}
+    }))
+    .unwrap();
+    let err = api.create(&PostParams::default(), &missing).await.unwrap_err();
+    let kube::Error::Api(status) = err else {
+        panic!("expected an API error, got {err}")
+    };
+    assert_eq!(
+        status.message,
+        "Widget.conformance.testbed.dev \"bad\" is invalid: spec.size: Required value"
+    );
+}

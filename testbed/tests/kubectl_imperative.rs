@@ -220,6 +220,44 @@ async fn events_show_in_get_and_in_describe_of_a_custom_resource() {
         "{described}"
     );
 
+    // kube-runtime's Recorder writes events.k8s.io/v1 Events: one stored kind with the core
+    // API, so they show in `kubectl get events` and `describe` too (as on a real server).
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string();
+    let recorded = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "s1.recorded", "namespace": "ref2"}, "eventTime": now,
+        "regarding": {"apiVersion": "reference.test/v1", "kind": "Sample", "name": "s1", "namespace": "ref2", "uid": uid},
+        "reason": "Reconciled", "note": "all good", "type": "Normal", "action": "Reconcile",
+        "reportingController": "cao-controller", "reportingInstance": "cao-0"});
+    assert_eq!(
+        k.apply("recorded.json", &recorded.to_string()).trim(),
+        "event.events.k8s.io/s1.recorded created"
+    );
+    let events = rows(&k.ok(&["get", "events", "-n", "ref2", "--field-selector", "reason=Reconciled"]));
+    assert_eq!(events[1][1..], ["Normal", "Reconciled", "sample/s1", "all good"]);
+    assert!(is_age(&events[1][0]), "{events:?}");
+    let described = k.ok(&["describe", "smp", "s1", "-n", "ref2"]);
+    let line: Vec<&str> = described
+        .lines()
+        .find(|l| l.contains("Reconciled"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(line.len(), 6, "{described}");
+    assert_eq!(line[..2], ["Normal", "Reconciled"]);
+    assert!(is_age(line[2]), "{described}");
+    assert_eq!(line[3..], ["cao-controller", "all", "good"]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "s1.probe",
+            "-n",
+            "ref2",
+            "-o",
+            "jsonpath={.note}"
+        ]),
+        "a probe event for s1"
+    );
+
     // kubectl/create-event-invalid.log.
     let bad = json!({"apiVersion": "v1", "kind": "Event", "involvedObject": {"kind": "Sample", "name": "s1"},
         "message": "a message", "metadata": {"name": "bad.1", "namespace": "ref2"}, "reason": "X", "type": "Normal"});

@@ -604,6 +604,8 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                     .is_none_or(|f| super::select::field_matches(f, object).unwrap_or(false))
         };
         let render = |type_: &str, object: &Value| -> Bytes {
+            // The writer may have used the other Event API: serve this watch's shape.
+            let object = &super::store::with_version(object, &resource);
             let object = if as_table && type_ != "BOOKMARK" {
                 table::render(
                     &resource,
@@ -639,7 +641,7 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
             return;
         }
         let mut live = start.live;
-        let key = (resource.group.clone(), resource.plural.clone());
+        let key = super::store::key(&resource);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -1,9 +1,9 @@
 //! An in-process Kubernetes API server over plain HTTP on 127.0.0.1, for tests and the demo.
 //! `kube::Client` and `kubectl` use it through the kubeconfig it writes.
 //!
-//! Real semantics where the operator depends on them (see `store`); approximations are named
-//! where they are made (patch: strategic merge and apply act as merge patches; CEL rules and
-//! OpenAPI schemas of CRDs are not evaluated).
+//! Real semantics where the operator and the people using it depend on them (see `store`,
+//! `schema`, `protobuf`, `tokens`, `builtin_table`); approximations are named where they are
+//! made (patch: strategic merge and apply act as merge patches) and listed in the README.
 
 mod builtin_table;
 mod faults;

@@ -413,7 +413,8 @@ impl Store {
             .and_then(|m| m.get(&(namespace_key.clone(), name.to_string())))
             .cloned();
         match current {
-            Some(mut object) => {
+            Some(object) => {
+                let mut object = with_version(&object, resource);
                 change(&mut object)?;
                 update_locked(&mut inner, &self.events, resource, namespace, name, object, status_only)
             }
@@ -1022,6 +1023,9 @@ fn normalize(resource: &Resource, object: &mut Value) {
     if !object["metadata"].is_object() {
         object["metadata"] = json!({});
     }
+    if is_events_v1(resource) {
+        *object = event_to_core(object);
+    }
     object["apiVersion"] = json!(resource.api_version());
     object["kind"] = json!(resource.kind);
     if resource.plural == "secrets" {
@@ -1058,16 +1062,69 @@ fn spec_of(object: &Value) -> Value {
 }
 
 /// An object as served for this resource's version.
-fn with_version(object: &Value, resource: &Resource) -> Value {
-    let mut object = object.clone();
+pub fn with_version(object: &Value, resource: &Resource) -> Value {
+    // Both Event APIs serve one stored kind, as on a real server (stored in the core shape).
+    let mut object = if is_events_v1(resource) {
+        event_from_core(&event_to_core(object))
+    } else if resource.group.is_empty() && resource.plural == "events" {
+        event_to_core(object)
+    } else {
+        object.clone()
+    };
     if object.is_object() {
         object["apiVersion"] = json!(resource.api_version());
     }
     object
 }
 
-fn key(resource: &Resource) -> Key {
+/// Where objects of a resource are stored (both Event APIs share the core one).
+pub fn key(resource: &Resource) -> Key {
+    if is_events_v1(resource) {
+        return (String::new(), "events".into());
+    }
     (resource.group.clone(), resource.plural.clone())
+}
+
+fn is_events_v1(resource: &Resource) -> bool {
+    resource.group == "events.k8s.io" && resource.plural == "events"
+}
+
+/// `events.k8s.io/v1` field ↔ core `v1` field (Kubernetes' `pkg/apis/events/v1` conversion).
+const EVENT_FIELDS: [(&str, &str); 8] = [
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("related", "related"),
+];
+
+/// An Event in the core shape (unchanged if it already is).
+fn event_to_core(event: &Value) -> Value {
+    let mut out = event.clone();
+    if let Some(map) = out.as_object_mut() {
+        for (v1, core) in EVENT_FIELDS {
+            if let Some(value) = map.remove(v1) {
+                map.insert(core.into(), value);
+            }
+        }
+    }
+    out
+}
+
+/// A core-shaped Event as `events.k8s.io/v1` serves it.
+fn event_from_core(event: &Value) -> Value {
+    let mut out = event.clone();
+    if let Some(map) = out.as_object_mut() {
+        for (v1, core) in EVENT_FIELDS {
+            if let Some(value) = map.remove(core) {
+                map.insert(v1.into(), value);
+            }
+        }
+    }
+    out
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
