@@ -201,7 +201,12 @@ impl Events {
 
     /// Publishes one transition about `obj`; a failure is logged, never fatal.
     pub async fn publish<K: CredentialResource>(&self, obj: &K, transition: &Transition) {
-        let reference: ObjectReference = obj.object_ref(&());
+        self.publish_reference(&obj.object_ref(&()), transition).await;
+    }
+
+    /// Publishes one transition about the object `reference` points at (for an object that
+    /// could not be read as its type); a failure is logged, never fatal.
+    pub async fn publish_reference(&self, reference: &ObjectReference, transition: &Transition) {
         let event = Event {
             type_: if transition.warning {
                 EventType::Warning
@@ -213,7 +218,7 @@ impl Events {
             action: "Reconcile".to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
+        if let Err(e) = self.recorder.publish(&event, reference).await {
             tracing::warn!(reason = transition.reason, error = %e, "publishing an Event failed");
         }
     }

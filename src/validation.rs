@@ -15,6 +15,9 @@ use crate::duration;
 pub mod messages {
     /// `offline_access` missing from an `AuthorizationCode` installation's scopes.
     pub const OFFLINE_ACCESS_REQUIRED: &str = "spec.scopes must include offline_access when spec.grant is AuthorizationCode (without it Atlassian issues no refresh token): add offline_access to spec.scopes";
+    /// A user auth's `installationRef.name` is empty.
+    pub const INSTALLATION_REF_EMPTY: &str =
+        "spec.installationRef.name is empty: name the ConfluenceInstallation in this namespace";
     /// `site` missing for `ClientCredentials`.
     pub const SITE_REQUIRED_FOR_CLIENT_CREDENTIALS: &str = "spec.site is required when spec.grant is ClientCredentials: set it to the service account's site, e.g. acme.atlassian.net";
     /// `installationRef.name` changed after creation.
@@ -177,6 +180,23 @@ pub fn installation(name: &str, spec: &ConfluenceInstallationSpec) -> Result<Ins
             "spec.clientSecretRef needs both name and key: name the Secret (same namespace) and the key that holds the client secret",
         );
     }
+    check_length(&mut errors, "spec.clientId", &spec.client_id, 256);
+    check_length(
+        &mut errors,
+        "spec.clientSecretRef.name",
+        &spec.client_secret_ref.name,
+        253,
+    );
+    check_length(
+        &mut errors,
+        "spec.clientSecretRef.key",
+        &spec.client_secret_ref.key,
+        253,
+    );
+    if let Some(site) = &spec.site {
+        check_length(&mut errors, "spec.site", site, 253);
+    }
+    check_expected_account(&mut errors, spec.expected_account_id.as_deref());
     check_scopes(&mut errors, &spec.scopes);
     if spec.grant == GrantType::AuthorizationCode && !spec.scopes.iter().any(|s| s == OFFLINE_ACCESS) {
         errors.add("spec.scopes", messages::OFFLINE_ACCESS_REQUIRED);
@@ -225,10 +245,7 @@ pub fn user_auth(
 ) -> Result<UserAuthPolicy, ValidationError> {
     let mut errors = Collector::default();
     if spec.installation_ref.name.is_empty() {
-        errors.add(
-            "spec.installationRef.name",
-            "spec.installationRef.name is empty: name the ConfluenceInstallation in this namespace",
-        );
+        errors.add("spec.installationRef.name", messages::INSTALLATION_REF_EMPTY);
     }
     if bound_installation.is_some_and(|bound| bound != spec.installation_ref.name) {
         errors.add("spec.installationRef.name", messages::INSTALLATION_REF_IMMUTABLE);
@@ -239,6 +256,14 @@ pub fn user_auth(
             "spec.userId is empty: set it to your application's identifier for this user, e.g. user_123",
         );
     }
+    check_length(
+        &mut errors,
+        "spec.installationRef.name",
+        &spec.installation_ref.name,
+        253,
+    );
+    check_length(&mut errors, "spec.userId", &spec.user_id, 253);
+    check_expected_account(&mut errors, spec.expected_account_id.as_deref());
     if let Some(scopes) = &spec.scopes {
         check_scopes(&mut errors, scopes);
         if !scopes.iter().any(|s| s == OFFLINE_ACCESS) {
@@ -308,11 +333,39 @@ fn is_dns_label(label: &str) -> bool {
         && !label.ends_with('-')
 }
 
+/// The limits the CRD schema sets on strings, checked again for objects that got past it.
+fn check_length(errors: &mut Collector, field: &str, value: &str, max: usize) {
+    let length = value.chars().count();
+    if length > max {
+        errors.add(
+            field,
+            format!("{field} is {length} characters long: shorten it to at most {max}"),
+        );
+    }
+}
+
+fn check_expected_account(errors: &mut Collector, expected: Option<&str>) {
+    match expected {
+        Some(id) if id.trim().is_empty() => errors.add(
+            "spec.expectedAccountId",
+            "spec.expectedAccountId is empty: remove it or set it to the Atlassian account id that must consent",
+        ),
+        Some(id) => check_length(errors, "spec.expectedAccountId", id, 128),
+        None => {}
+    }
+}
+
 fn check_scopes(errors: &mut Collector, scopes: &[String]) {
     if scopes.is_empty() {
         errors.add(
             "spec.scopes",
             "spec.scopes is empty: list the scopes to request, e.g. [offline_access, read:confluence-content.all]",
+        );
+    }
+    if scopes.len() > 64 {
+        errors.add(
+            "spec.scopes",
+            format!("spec.scopes lists {} scopes: list at most 64", scopes.len()),
         );
     }
     for (i, scope) in scopes.iter().enumerate() {

@@ -77,6 +77,12 @@ fn a_sound_installation_yields_its_policy() {
     messages::OFFLINE_ACCESS_REQUIRED)]
 #[case::unknown_scope(|s: &mut ConfluenceInstallationSpec| s.scopes.push("read:jira-work".into()),
     "spec.scopes[3] \"read:jira-work\" is not a Confluence scope: use a classic scope such as read:confluence-content.all, read:me or offline_access, or a granular one such as read:page:confluence")]
+#[case::client_id_too_long(|s: &mut ConfluenceInstallationSpec| s.client_id = "c".repeat(257),
+    "spec.clientId is 257 characters long: shorten it to at most 256")]
+#[case::too_many_scopes(|s: &mut ConfluenceInstallationSpec| s.scopes.extend((0..62).map(|i| format!("read:page{i}:confluence"))),
+    "spec.scopes lists 65 scopes: list at most 64")]
+#[case::empty_expected_account(|s: &mut ConfluenceInstallationSpec| s.expected_account_id = Some(" ".into()),
+    "spec.expectedAccountId is empty: remove it or set it to the Atlassian account id that must consent")]
 #[case::bad_site(|s: &mut ConfluenceInstallationSpec| s.site = Some("http://acme".into()),
     "spec.site \"http://acme\" is not a site address: write its host, e.g. acme.atlassian.net")]
 #[case::client_credentials_without_site(|s: &mut ConfluenceInstallationSpec| s.grant = GrantType::ClientCredentials,
@@ -150,6 +156,10 @@ fn a_sound_user_auth_takes_the_installation_defaults() {
     vec!["spec.installationRef.name is empty: name the ConfluenceInstallation in this namespace", messages::INSTALLATION_REF_IMMUTABLE])]
 #[case::installation_ref_changed(|s: &mut ConfluenceUserAuthSpec| s.installation_ref.name = "globex".into(), None,
     vec![messages::INSTALLATION_REF_IMMUTABLE])]
+#[case::user_id_too_long(|s: &mut ConfluenceUserAuthSpec| s.user_id = "u".repeat(254), None,
+    vec!["spec.userId is 254 characters long: shorten it to at most 253"])]
+#[case::empty_user_expected_account(|s: &mut ConfluenceUserAuthSpec| s.expected_account_id = Some(String::new()), None,
+    vec!["spec.expectedAccountId is empty: remove it or set it to the Atlassian account id that must consent"])]
 #[case::empty_user_id(|s: &mut ConfluenceUserAuthSpec| s.user_id = String::new(), None,
     vec!["spec.userId is empty: set it to your application's identifier for this user, e.g. user_123"])]
 #[case::scope_outside_installation(|s: &mut ConfluenceUserAuthSpec| s.scopes = Some(vec!["offline_access".into(), "write:confluence-content".into()]), None,

@@ -5,7 +5,10 @@
 mod client_credentials;
 mod installation;
 mod lifecycle;
+mod tolerant;
 mod user_auth;
+
+pub use tolerant::Stub;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,10 +19,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{self as runtime, Action, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::context::Context;
 use crate::crd::conditions::{self, reason};
@@ -156,8 +159,6 @@ fn run_scope(
     shutdown: &tokio::sync::broadcast::Sender<()>,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let client = shared.ctx.client.clone();
-    let installations: Api<ConfluenceInstallation> = scoped(&client, &scope);
-    let users: Api<ConfluenceUserAuth> = scoped(&client, &scope);
     let secrets: Api<Secret> = scoped(&client, &scope);
     // Watching every namespace still leaves out the operator's own (its keys live there), unless
     // it was listed explicitly (then `scope` is that namespace).
@@ -175,8 +176,23 @@ fn run_scope(
         }
     };
 
+    // Untyped watches converted object by object, so one object that got past the schema
+    // cannot stop a controller (see `tolerant`).
+    let untyped = |resource: ApiResource| -> Api<DynamicObject> {
+        match &scope {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        }
+    };
+    let installation_api = untyped(ApiResource::erase::<ConfluenceInstallation>(&()));
+    let (installation_store, installation_writer) = reflector::store();
+    let installation_stream =
+        tolerant::watch::<ConfluenceInstallation>(installation_api.clone(), base.clone(), Some(shared.clone()))
+            .default_backoff()
+            .reflect(installation_writer)
+            .applied_objects();
     let installation_shared = shared.clone();
-    let installation_controller = Controller::new(installations.clone(), base.clone())
+    let installation_controller = Controller::for_stream(installation_stream, installation_store)
         .owns(secrets.clone(), managed.clone())
         .graceful_shutdown_on(signal(shutdown))
         .run(installation::reconcile, error_policy, shared.clone())
@@ -185,13 +201,27 @@ fn run_scope(
             async {}
         });
 
-    let user_controller = Controller::new(users, base.clone());
+    let (user_store, user_writer) = reflector::store();
+    let user_stream = tolerant::watch::<ConfluenceUserAuth>(
+        untyped(ApiResource::erase::<ConfluenceUserAuth>(&())),
+        base.clone(),
+        Some(shared.clone()),
+    )
+    .default_backoff()
+    .reflect(user_writer)
+    .applied_objects();
+    let user_controller = Controller::for_stream(user_stream, user_store);
     let user_store = user_controller.store();
     let user_shared = shared.clone();
+    // Installations as the users see them: a change (or an installation that stops fitting its
+    // type, a stub delete) re-checks its users; reported by the installation controller only.
+    let installation_changes = tolerant::watch::<ConfluenceInstallation>(installation_api, base, None)
+        .default_backoff()
+        .touched_objects();
     let user_controller = user_controller
         .owns(secrets, managed)
         // A user auth depends on its installation: re-check the users of one that changed.
-        .watches(installations, base, move |cfi: ConfluenceInstallation| {
+        .watches_stream(installation_changes, move |cfi: ConfluenceInstallation| {
             let namespace = cfi.namespace();
             let name = cfi.name_any();
             user_store

@@ -25,12 +25,30 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     let ctx = &shared.ctx;
     let namespace = cfua.namespace().unwrap_or_default();
     let installations: Api<ConfluenceInstallation> = Api::namespaced(ctx.client.clone(), &namespace);
-    let cfi = installations.get_opt(&cfua.spec.installation_ref.name).await?;
+    // Nothing to look up without a name (and the request would not be for one object).
+    if cfua.spec.installation_ref.name.is_empty() {
+        let message = validation::messages::INSTALLATION_REF_EMPTY.to_string();
+        return report_failed(&shared, &*cfua, reason::INVALID_SPEC, message).await;
+    }
+    let (cfi, unfit) = match installations.get_opt(&cfua.spec.installation_ref.name).await {
+        Ok(cfi) => (cfi, false),
+        // An installation that does not fit its type (it got past the schema) is reported on
+        // its own status; here it is neither usable nor missing.
+        Err(kube::Error::SerdeError(_)) => (None, true),
+        Err(e) => return Err(e.into()),
+    };
     let ready = cfi.as_ref().is_some_and(|c| {
         c.credential()
             .is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY))
     });
     let (dependency_reason, dependency_message) = match (&cfi, ready) {
+        (None, _) if unfit => (
+            reason::INSTALLATION_NOT_READY,
+            format!(
+                "ConfluenceInstallation {:?} has an invalid spec (its status says which field)",
+                cfua.spec.installation_ref.name
+            ),
+        ),
         (None, _) => (
             reason::INSTALLATION_MISSING,
             format!(

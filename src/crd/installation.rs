@@ -103,3 +103,26 @@ pub struct ConfluenceInstallationStatus {
 fn default_interval() -> String {
     DEFAULT_INTERVAL.to_string()
 }
+
+impl crate::controller::Stub for ConfluenceInstallation {
+    fn stub(metadata: kube::api::ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: ConfluenceInstallationSpec {
+                grant: GrantType::default(),
+                client_id: String::new(),
+                client_secret_ref: SecretKeyRef {
+                    name: String::new(),
+                    key: String::new(),
+                },
+                scopes: Vec::new(),
+                site: None,
+                expected_account_id: None,
+                refresh_before: String::new(),
+                health_check_interval: String::new(),
+                secret_name: None,
+            },
+            status: None,
+        }
+    }
+}

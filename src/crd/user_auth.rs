@@ -100,3 +100,21 @@ impl ConfluenceUserAuthSpec {
         self.scopes.as_deref().unwrap_or(&installation.scopes)
     }
 }
+
+impl crate::controller::Stub for ConfluenceUserAuth {
+    fn stub(metadata: kube::api::ObjectMeta) -> Self {
+        Self {
+            metadata,
+            spec: ConfluenceUserAuthSpec {
+                installation_ref: InstallationRef { name: String::new() },
+                user_id: String::new(),
+                scopes: None,
+                expected_account_id: None,
+                refresh_before: None,
+                health_check_interval: None,
+                secret_name: None,
+            },
+            status: None,
+        }
+    }
+}
