@@ -2,52 +2,13 @@
 //! (`shared/k8s-reference/kubectl/*.log`): apply of a CRD and a custom resource, Table output
 //! with printer columns, categories, `get -w`, status patches, a stale replace, re-apply.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{Kubectl, fixture};
 use testbed::apiserver::ApiServer;
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: &ApiServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        Self { kubeconfig, _dir: dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 async fn with_sample() -> (ApiServer, Kubectl) {
     let server = ApiServer::start().await.unwrap();
@@ -168,9 +129,8 @@ async fn status_patches_stale_replaces_and_reapplies_behave_as_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_streams_a_change() {
     let (_server, k) = with_sample().await;
-    let mut watch = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&k.kubeconfig)
+    let mut watch = k
+        .command()
         .args(["get", "smp", "-n", "ref", "-w", "--request-timeout=20s"])
         .stdout(Stdio::piped())
         .spawn()

@@ -2,60 +2,13 @@
 //! `describe` with Events, ServiceAccount tokens, namespace deletion and a chart's kinds, each
 //! asserting the output a real server gives (`shared/k8s-reference/kubectl/*.log`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Kubectl, fixture};
 use serde_json::{Value, json};
 use testbed::apiserver::ApiServer;
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: &ApiServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        Self { kubeconfig, dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply(&self, name: &str, yaml: &str) -> String {
-        let file = self.dir.path().join(name);
-        std::fs::write(&file, yaml).unwrap();
-        self.ok(&["apply", "-f", &file.to_string_lossy()])
-    }
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// Rows of a printed table, cells split on runs of two or more spaces (cells may hold one).
 fn rows(table: &str) -> Vec<Vec<String>> {

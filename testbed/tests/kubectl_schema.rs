@@ -3,57 +3,12 @@
 //! `kubectl/apply-invalid.log`), and with enforcement off a bad spec goes straight past the
 //! schema (for tests of what the operator itself reports).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::path::Path;
+
+use common::Kubectl;
 use testbed::apiserver::{ApiServer, ApiServerOptions};
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: &ApiServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        Self { kubeconfig, dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `kubectl apply -f` of `yaml`: the output (stdout on success, stderr on refusal).
-    fn apply(&self, yaml: &str) -> Result<String, String> {
-        let file = self.dir.path().join("object.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let out = self.run(&["apply", "-n", "team-a", "-f", &file.to_string_lossy()]);
-        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
-        if out.status.success() {
-            Ok(text(&out.stdout))
-        } else {
-            Err(text(&out.stderr))
-        }
-    }
-}
 
 fn crds() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,6 +38,11 @@ fn user_auth(installation: &str) -> String {
     )
 }
 
+/// `kubectl apply` of one object into `team-a`: stdout on success, stderr on refusal.
+fn apply(k: &Kubectl, yaml: &str) -> Result<String, String> {
+    k.try_apply_in("team-a", "object.yaml", yaml)
+}
+
 /// The scope pattern, as the CRD declares it (the server quotes it in the message).
 const SCOPE_PATTERN: &str = r"^(offline_access|read:me|read:account|search:confluence|read:confluence-content\.all|read:confluence-content\.summary|read:confluence-content\.permission|read:confluence-props|read:confluence-space\.summary|read:confluence-groups|read:confluence-user|write:confluence-content|write:confluence-file|write:confluence-props|write:confluence-space|write:confluence-groups|manage:confluence-configuration|readonly:content\.attachment:confluence|(read|write|delete):[a-z][a-z0-9.-]*:confluence)$";
 
@@ -90,20 +50,20 @@ const SCOPE_PATTERN: &str = r"^(offline_access|read:me|read:account|search:confl
 async fn kubectl_apply_is_refused_as_a_real_server_refuses_it() {
     let (_server, k) = with_crds(ApiServerOptions::default()).await;
     assert_eq!(
-        k.apply(&installation(&["read:me"], "15m")),
+        apply(&k, &installation(&["read:me"], "15m")),
         Err(
             "The ConfluenceInstallation \"acme\" is invalid: spec: Invalid value: \"object\": spec.scopes must include offline_access when spec.grant is AuthorizationCode (without it Atlassian issues no refresh token): add offline_access to spec.scopes"
                 .into()
         )
     );
     assert_eq!(
-        k.apply(&installation(&["offline_access", "read:jira-work"], "15m")),
+        apply(&k, &installation(&["offline_access", "read:jira-work"], "15m")),
         Err(format!(
             "The ConfluenceInstallation \"acme\" is invalid: spec.scopes[1]: Invalid value: \"read:jira-work\": spec.scopes[1] in body should match '{SCOPE_PATTERN}'"
         ))
     );
     assert_eq!(
-        k.apply(&installation(&["offline_access", "read:me"], "15 minutes")),
+        apply(&k, &installation(&["offline_access", "read:me"], "15 minutes")),
         Err(
             "The ConfluenceInstallation \"acme\" is invalid: spec.refreshBefore: Invalid value: \"15 minutes\": spec.refreshBefore in body should match '^([0-9]+[hms])+$'"
                 .into()
@@ -111,7 +71,7 @@ async fn kubectl_apply_is_refused_as_a_real_server_refuses_it() {
     );
     // Several problems at once: kubectl lists each cause.
     assert_eq!(
-        k.apply(&installation(&["read:jira-work"], "soon")),
+        apply(&k, &installation(&["read:jira-work"], "soon")),
         Err(format!(
             "The ConfluenceInstallation \"acme\" is invalid: \n* spec: Invalid value: \"object\": spec.scopes must include offline_access when spec.grant is AuthorizationCode (without it Atlassian issues no refresh token): add offline_access to spec.scopes\n* spec.refreshBefore: Invalid value: \"soon\": spec.refreshBefore in body should match '^([0-9]+[hms])+$'\n* spec.scopes[0]: Invalid value: \"read:jira-work\": spec.scopes[0] in body should match '{SCOPE_PATTERN}'"
         ))
@@ -123,7 +83,7 @@ async fn kubectl_apply_is_refused_as_a_real_server_refuses_it() {
 
     // A sound one is stored with the schema's defaults filled in.
     assert_eq!(
-        k.apply(&installation(&["offline_access", "read:me"], "10m")),
+        apply(&k, &installation(&["offline_access", "read:me"], "10m")),
         Ok("confluenceinstallation.confluence-auth.dev/acme created".into())
     );
     assert_eq!(
@@ -141,11 +101,11 @@ async fn kubectl_apply_is_refused_as_a_real_server_refuses_it() {
 
     // installationRef.name is immutable (a CEL transition rule with oldSelf).
     assert_eq!(
-        k.apply(&user_auth("acme")),
+        apply(&k, &user_auth("acme")),
         Ok("confluenceuserauth.confluence-auth.dev/alice created".into())
     );
     assert_eq!(
-        k.apply(&user_auth("globex")),
+        apply(&k, &user_auth("globex")),
         Err(
             "The ConfluenceUserAuth \"alice\" is invalid: spec.installationRef: Invalid value: \"object\": spec.installationRef.name is immutable: delete this ConfluenceUserAuth and create a new one to authorize in another installation"
                 .into()
@@ -206,7 +166,7 @@ async fn with_enforcement_off_a_bad_spec_goes_past_the_schema() {
     })
     .await;
     assert_eq!(
-        k.apply(&installation(&["read:jira-work"], "soon")),
+        apply(&k, &installation(&["read:jira-work"], "soon")),
         Ok("confluenceinstallation.confluence-auth.dev/acme created".into())
     );
     // Turned back on, a later write that leaves the bad values alone is not refused for them

@@ -5,53 +5,15 @@
 //! booleans (`null` for a value of another type); `string` cells are text; a path that finds
 //! nothing is `null`, which kubectl prints as an empty cell.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use common::{Kubectl, fixture};
 use serde_json::{Value, json};
 use testbed::apiserver::ApiServer;
 
-struct Kubectl {
-    kubeconfig: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: &ApiServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        Self { kubeconfig, dir }
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn apply_yaml(&self, name: &str, yaml: &str) {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, yaml).unwrap();
-        self.ok(&["apply", "-n", "ref", "-f", &path.to_string_lossy()]);
-    }
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+/// `kubectl apply -n ref` of `text`, written to `name`.
+fn apply_in_ref(k: &Kubectl, name: &str, text: &str) {
+    k.ok(&["apply", "-n", "ref", "-f", &k.file(name, text)]);
 }
 
 fn cell_object(name: &str, spec: Value) -> String {
@@ -68,7 +30,8 @@ async fn date_cells_read_as_on_a_real_server_and_typed_cells_keep_their_json_typ
     let now = jiff::Timestamp::now();
     let ninety_minutes_ago = now - jiff::SignedDuration::from_mins(90);
     let in_27_minutes = now + jiff::SignedDuration::from_mins(27);
-    k.apply_yaml(
+    apply_in_ref(
+        &k,
         "past.json",
         &cell_object(
             "past",
@@ -77,7 +40,8 @@ async fn date_cells_read_as_on_a_real_server_and_typed_cells_keep_their_json_typ
                    "detail": "wide"}),
         ),
     );
-    k.apply_yaml(
+    apply_in_ref(
+        &k,
         "future.json",
         &cell_object(
             "future",
@@ -85,11 +49,13 @@ async fn date_cells_read_as_on_a_real_server_and_typed_cells_keep_their_json_typ
                    "conditions": [{"type": "Authorized", "status": "True"}]}),
         ),
     );
-    k.apply_yaml(
+    apply_in_ref(
+        &k,
         "garbage.json",
         &cell_object("garbage", json!({"when": "tomorrow", "count": "3"})),
     );
-    k.apply_yaml(
+    apply_in_ref(
+        &k,
         "zero.json",
         &cell_object("zero", json!({"when": "0001-01-01T00:00:00Z", "count": [1]})),
     );
