@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt as _};
@@ -62,12 +62,15 @@ type Reviews = HashMap<[u8; 32], (String, Instant)>;
 /// A refusal the gateway answers itself (boxed: a response is large).
 type Refusal = Box<Response<ProxyBody>>;
 
-fn store_of<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// A store fed by `events` (driven on its own task, warnings logged).
+fn store_from<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer).touched_objects();
+    let stream = events.default_backoff().reflect(writer).touched_objects();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
@@ -79,15 +82,27 @@ where
     reader
 }
 
+/// A store of one credential kind in `namespace`. Watched untyped and converted object by
+/// object, so one object that got past the CRD schema cannot empty the store for all the
+/// others (the operator reports it on its status).
+fn credential_store<K>(client: &Client, namespace: &str) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + crate::controller::Stub + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K: Send + Sync + 'static,
+{
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()));
+    store_from(crate::controller::watch_fitting::<K>(api, watcher::Config::default()))
+}
+
 impl Gateway {
     /// Starts the watches of `namespace` and waits until each has listed once.
     pub async fn start(client: Client, namespace: &str, allow: Vec<String>) -> Result<Gateway, kube::Error> {
-        let secrets = store_of(
+        let secrets = store_from(watcher(
             Api::<Secret>::namespaced(client.clone(), namespace),
             watcher::Config::default().labels(MANAGED_BY),
-        );
-        let installations = store_of(Api::namespaced(client.clone(), namespace), watcher::Config::default());
-        let users = store_of(Api::namespaced(client.clone(), namespace), watcher::Config::default());
+        ));
+        let installations = credential_store(&client, namespace);
+        let users = credential_store(&client, namespace);
         for ready in [
             secrets.wait_until_ready().await,
             installations.wait_until_ready().await,

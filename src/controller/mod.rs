@@ -10,6 +10,18 @@ mod user_auth;
 
 pub use tolerant::Stub;
 
+/// A watch of `K` that passes the objects that fit the type and drops the others (reported by
+/// the controllers, not here): for other watchers of the credentials, such as the gateway.
+pub fn watch_fitting<K>(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned + Stub + Clone + Send + 'static,
+{
+    tolerant::watch(api, config, None)
+}
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
