@@ -203,3 +203,34 @@ async fn authorize_wait_fails_with_the_ready_message_on_failed_and_on_timeout() 
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_an_object_past_the_schema_as_a_row_naming_its_problem() {
+    let env = Env::start().await;
+    let Some(api) = &env.api else {
+        eprintln!("a real cluster enforces the schema: nothing to list past it");
+        return;
+    };
+    let ns = env.namespace("cli-bad").await;
+    env.apply_examples(&ns, &["client-secret.yaml", "installation.yaml", "user-auth.yaml"]);
+    api.set_enforce_schemas(false);
+    let path = env.dir.path().join("dave.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: confluence-auth.dev/v1alpha1\nkind: ConfluenceUserAuth\nmetadata:\n  name: dave\nspec:\n  installationRef:\n    name: acme\n  userId: [0]\n",
+    )
+    .unwrap();
+    env.kubectl_ok(&["apply", "-n", &ns, "-f", &path.to_string_lossy()]);
+    api.set_enforce_schemas(true);
+
+    let out = run(&env, &["status", "-n", &ns, "-o", "json"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "alice", "dave"]);
+    assert_eq!(
+        rows[2]["lastProblem"],
+        "InvalidSpec: spec.userId has the wrong type (sequence, expected a string): correct it (kubectl explain confluenceuserauth.spec.userId describes it)"
+    );
+    assert_eq!(rows[2]["phase"], "-");
+}

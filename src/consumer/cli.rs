@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::{Client, ResourceExt as _};
 use serde::Serialize;
 
@@ -193,23 +193,48 @@ fn row<K: CredentialResource>(object: &K, account: Option<String>) -> StatusRow 
 
 /// Every credential in scope, installations first, each group sorted by namespace and name.
 pub async fn rows(client: Client, namespace: Option<&str>) -> Result<Vec<StatusRow>, CliError> {
-    fn api<K: CredentialResource>(client: &Client, namespace: Option<&str>) -> Api<K> {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let lp = ListParams::default();
-    let mut out = Vec::new();
-    let mut installations = api::<ConfluenceInstallation>(&client, namespace).list(&lp).await?.items;
-    installations.sort_by_key(|o| (o.namespace(), o.name_any()));
-    out.extend(installations.iter().map(|o| row(o, None)));
-    let mut users = api::<ConfluenceUserAuth>(&client, namespace).list(&lp).await?.items;
-    users.sort_by_key(|o| (o.namespace(), o.name_any()));
-    out.extend(
-        users
+    // Listed untyped and converted one by one: an object that got past the CRD schema is a row
+    // naming its problem, not the end of the listing.
+    async fn list<K>(
+        client: &Client,
+        namespace: Option<&str>,
+        to_row: impl Fn(&K) -> StatusRow,
+    ) -> Result<Vec<StatusRow>, CliError>
+    where
+        K: CredentialResource + crate::controller::Stub,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        let mut items = api.list(&ListParams::default()).await?.items;
+        items.sort_by_key(|o| (o.namespace(), o.name_any()));
+        Ok(items
             .iter()
-            .map(|o| row(o, o.status.as_ref().and_then(|s| s.account_id.clone()))),
+            .map(|o| match crate::controller::fit_object::<K>(o) {
+                Ok(object) => to_row(&object),
+                Err(problem) => StatusRow {
+                    namespace: o.namespace().unwrap_or_default(),
+                    kind: K::kind(&()).to_string(),
+                    name: o.name_any(),
+                    phase: o.data["status"]["phase"].as_str().unwrap_or("-").to_string(),
+                    site: None,
+                    account: None,
+                    token_expires_at: None,
+                    next_refresh: None,
+                    refresh_token_expires_at: None,
+                    last_problem: Some(format!("{}: {problem}", crate::crd::conditions::reason::INVALID_SPEC)),
+                },
+            })
+            .collect())
+    }
+    let mut out = list::<ConfluenceInstallation>(&client, namespace, |o| row(o, None)).await?;
+    out.extend(
+        list::<ConfluenceUserAuth>(&client, namespace, |o| {
+            row(o, o.status.as_ref().and_then(|s| s.account_id.clone()))
+        })
+        .await?,
     );
     Ok(out)
 }

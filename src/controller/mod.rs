@@ -22,6 +22,14 @@ where
     tolerant::watch(api, config, None)
 }
 
+/// `object` as a `K`, or why it does not fit (the field and the fix, the value never quoted).
+pub fn fit_object<K>(object: &DynamicObject) -> Result<K, String>
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    tolerant::convert(object)
+}
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
