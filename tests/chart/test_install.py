@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from conftest import ALL_ON, CHART, NAMESPACED, REPO, Cluster, objects, render
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -77,7 +79,13 @@ def test_rendered_chart_deploy_and_examples_apply_cleanly(cluster: Cluster, tmp_
     # examples/: what users apply in their own namespace.
     app = cluster.namespace("chart-examples")
     for example in sorted((REPO / "examples").glob("*.yaml")):
-        applied(cluster, example, app)
+        # An example that names its namespace (the gateway's ClusterRoleBinding subject must)
+        # goes there as written: kubectl refuses `-n` that contradicts the file.
+        pinned = {d["metadata"].get("namespace") for d in yaml.safe_load_all(example.read_text()) if d}
+        pinned.discard(None)
+        for namespace in sorted(pinned):
+            cluster.namespace(namespace)
+        applied(cluster, example, None if pinned else app)
     assert cluster.get("-n", app, "cfi", "acme") is not None
     assert cluster.get("-n", app, "cfua", "alice") is not None
     reader = cluster.get("-n", app, "deployment", "confluence-reader")
