@@ -532,10 +532,12 @@ fn patch_object(call: &Call, target: &Target) -> Result<Response<Body>, ApiError
                 ),
                 details: Value::Null,
             }),
-            "application/merge-patch+json"
-            | "application/strategic-merge-patch+json"
-            | "application/apply-patch+yaml" => {
+            "application/merge-patch+json" | "application/apply-patch+yaml" => {
                 patch::merge(object, &body);
+                Ok(())
+            }
+            "application/strategic-merge-patch+json" => {
+                patch::strategic(object, &body);
                 Ok(())
             }
             other => Err(ApiError {

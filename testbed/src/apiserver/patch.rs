@@ -27,6 +27,48 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A strategic merge patch, approximated as a merge patch whose directives are obeyed rather
+/// than stored: `$retainKeys` (keep only the listed keys of that object), `$patch: replace` and
+/// `$patch: delete` on an object; `$setElementOrder/…`, `$deleteFromPrimitiveList/…` and any
+/// other `$` key are dropped (lists still replace whole).
+pub fn strategic(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    match fields.get("$patch").and_then(Value::as_str) {
+        Some("delete") => {
+            *target = Value::Null;
+            return;
+        }
+        Some("replace") => {
+            *target = Value::Object(Default::default());
+        }
+        _ => {}
+    }
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(object) = target else { return };
+    for (key, value) in fields {
+        if key.starts_with('$') {
+            continue;
+        }
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            let slot = object.entry(key.clone()).or_insert(Value::Null);
+            strategic(slot, value);
+            if slot.is_null() {
+                object.remove(key);
+            }
+        }
+    }
+    if let Some(Value::Array(keep)) = fields.get("$retainKeys") {
+        object.retain(|key, _| keep.iter().any(|k| k.as_str() == Some(key)));
+    }
+}
+
 /// RFC 6902 operations `add`, `remove`, `replace`, `move`, `copy`, `test`.
 pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), PatchError> {
     let ops = ops
@@ -124,6 +166,25 @@ fn remove(target: &mut Value, path: &str) -> Result<Value, PatchError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strategic_directives_are_obeyed_not_stored() {
+        let mut target = json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}},
+                                         "volumes": [{"name": "a"}], "replicas": 1}});
+        strategic(
+            &mut target,
+            &json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"},
+                             "$setElementOrder/volumes": [{"name": "b"}], "volumes": [{"name": "b"}],
+                             "template": {"$patch": "replace", "x": 1}}}),
+        );
+        assert_eq!(
+            target,
+            json!({"spec": {"strategy": {"type": "Recreate"}, "volumes": [{"name": "b"}], "replicas": 1,
+                            "template": {"x": 1}}})
+        );
+        strategic(&mut target, &json!({"spec": {"template": {"$patch": "delete"}}}));
+        assert_eq!(target["spec"].get("template"), None);
+    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {
