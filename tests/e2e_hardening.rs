@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 /// The operator with extra flags, ready, plus a fresh namespace.
 async fn operator_with(prefix: &str, flags: &[&str]) -> (Env, Operator, String) {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn_with(&env, OPERATOR_NS, flags);
-    operator.ready().await;
+    env.ensure_namespace(&env.operator_ns).await;
     let ns = env.namespace(prefix).await;
+    let operator = Operator::spawn_with(&env, &env.operator_ns, flags);
+    operator.ready().await;
     (env, operator, ns)
 }
 

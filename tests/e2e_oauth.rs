@@ -206,9 +206,13 @@ async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str, pages
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_limited_to_some_namespaces_leaves_the_others_alone() {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
+    env.ensure_namespace(&env.operator_ns).await;
     let (watched, ignored) = (env.namespace("watched").await, env.namespace("ignored").await);
-    let operator = Operator::spawn_with(&env, OPERATOR_NS, &["--namespaces", &format!("elsewhere,{watched}")]);
+    let operator = Operator::spawn_with(
+        &env,
+        &env.operator_ns,
+        &["--namespaces", &format!("elsewhere,{watched}")],
+    );
     operator.ready().await;
     env.apply_examples(&ignored, &["client-secret.yaml", "installation.yaml"]);
     env.apply_examples(&watched, &["client-secret.yaml", "installation.yaml"]);
