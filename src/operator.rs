@@ -208,12 +208,26 @@ pub async fn run(
     let client = ctx.client.clone();
     let shared = Arc::new(Shared::new(ctx, metrics.clone(), events));
     let namespaces = args.namespaces.clone();
-    let leading = leader::run_while_leading(client, lease, metrics, stopped(&stop_tx), move |stop| {
-        // Unsaved rotated token sets survive a lost term: they are written first next time.
-        controller::run(shared.clone(), namespaces.clone(), async move {
-            let _ = stop.await;
-        })
-    });
+    let synced = readiness.clone();
+    let leading = leader::run_while_leading(
+        client,
+        lease,
+        metrics,
+        readiness.clone(),
+        stopped(&stop_tx),
+        move |stop| {
+            // Unsaved rotated token sets survive a lost term: they are written first next time.
+            let synced = synced.clone();
+            controller::run(
+                shared.clone(),
+                namespaces.clone(),
+                async move {
+                    let _ = stop.await;
+                },
+                move || synced.set_leader_synced(),
+            )
+        },
+    );
     let controllers = tokio::spawn(async move {
         // Ending here (an error, or a return before shutdown) stops the process: see supervise.
         if let Err(e) = leading.await {

@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use confluence_auth_operator::crd::conditions;
@@ -447,9 +448,11 @@ async fn reauthorization_is_due_two_weeks_before_the_refresh_token_dies() {
     for step in 0..4 {
         let before = time(&installations.get("acme").await.unwrap(), last_refresh);
         env.atlassian.advance_clock(Duration::from_secs(88 * 86_400));
-        tokio::time::sleep(Duration::from_millis(600)).await; // the operator's clock follows
-        kick(&installations, "acme", &step.to_string()).await;
+        let nudges = AtomicUsize::new(0);
         within(WAIT, "a refresh after the jump", || async {
+            // Nudged until the operator's clock (it reads the stand-in's every 250 ms) has jumped.
+            let nudge = nudges.fetch_add(1, Ordering::Relaxed);
+            kick(&installations, "acme", &format!("{step}-{nudge}")).await;
             let cfi = installations.get("acme").await.ok()?;
             (time(&cfi, last_refresh) != before && phase(&cfi) == Some(Phase::Ready)).then_some(())
         })
@@ -478,9 +481,10 @@ async fn reauthorization_is_due_two_weeks_before_the_refresh_token_dies() {
     // Tokens still refresh.
     let before = time(&due, last_refresh);
     env.atlassian.advance_clock(Duration::from_secs(120));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    kick(&installations, "acme", "after").await;
+    let nudges = AtomicUsize::new(0);
     within(WAIT, "a refresh while due", || async {
+        let nudge = nudges.fetch_add(1, Ordering::Relaxed);
+        kick(&installations, "acme", &format!("after-{nudge}")).await;
         let cfi = installations.get("acme").await.ok()?;
         (time(&cfi, last_refresh) != before).then_some(())
     })

@@ -5,7 +5,7 @@ mod support;
 
 use confluence_auth_operator::crd::ConfluenceInstallation;
 use kube::api::Api;
-use support::{Env, OPERATOR_NS, Operator, link_of};
+use support::{Env, Operator, link_of};
 
 /// Runs the operator with `log_format` through start-up and one reconcile, stops it cleanly,
 /// and returns what it wrote.

@@ -625,7 +625,7 @@ async fn fault_knobs_fail_delay_and_drop() {
 
 #[tokio::test]
 async fn it_binds_loopback_and_stops_on_drop() {
-    // How fast it starts is a benchmark (BENCHMARKS.md), not a test.
+    // How fast it starts is not asserted: a timed assert flakes on a busy machine.
     let server = ApiServer::start().await.unwrap();
     let url = server.url();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
