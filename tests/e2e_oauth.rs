@@ -197,6 +197,21 @@ async fn an_installation_then_a_user_authorize_through_the_browser_flow() {
 /// Every token, code and refresh token the stand-in issued is absent from the operator's logs,
 /// every status, every Event and every page.
 async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str, pages: &[String]) {
+    // The Events are published after the status write: scan once they exist.
+    eventually("the Authorized Events", || async {
+        let names = env.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "reason=Authorized",
+            "-o",
+            "name",
+        ]);
+        (names.lines().count() >= 2).then_some(())
+    })
+    .await;
     let mut haystack = operator.logs();
     haystack.push_str(&pages.concat());
     haystack.push_str(&env.kubectl_ok(&["get", "cfi,cfua", "-n", ns, "-o", "yaml"]));
