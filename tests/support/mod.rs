@@ -136,6 +136,11 @@ impl Env {
         }
     }
 
+    /// Deletes `namespace` with this test's own when it ends (against a real cluster).
+    pub fn delete_on_drop(&self, namespace: &str) {
+        self.created.lock().unwrap().push(namespace.to_string());
+    }
+
     /// The namespaces this test created, except the operator's own.
     pub fn test_namespaces(&self) -> Vec<String> {
         self.created
@@ -182,6 +187,9 @@ fn uuid_like() -> String {
     getrandom::fill(&mut b).unwrap();
     hex::encode(b)
 }
+
+/// The Lease of the tests' operators (in each test's operator namespace).
+pub const E2E_LEASE: &str = "confluence-auth-operator-e2e";
 
 /// Which namespaces a spawned operator watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +259,10 @@ impl Operator {
             .args(["--webhook-addr", "127.0.0.1:0"])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--operator-namespace", operator_namespace]);
+        if !extra.contains(&"--lease-name") {
+            // Not the default name: a demo (tests/demo.rs) looks for that one cluster-wide.
+            command.args(["--lease-name", E2E_LEASE]);
+        }
         if scope == Scope::TestNamespaces && !extra.contains(&"--namespaces") {
             assert!(
                 !watched.is_empty(),
