@@ -98,14 +98,17 @@ async fn connect(kubeconfig: Kubeconfig) -> (Client, String) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = CaoProbe::crd();
     assert_eq!(crd.name_any(), CRD_NAME);
-    let _ = crds
-        .patch(
+    // Tests starting at once on a fresh cluster race to create it: repeated until it lands.
+    wait(|| async {
+        crds.patch(
             &crd.name_any(),
             &PatchParams::apply("conformance").force(),
             &Patch::Apply(&crd),
         )
         .await
-        .unwrap();
+        .ok()
+    })
+    .await;
     established(&crds, CRD_NAME).await;
     let mut suffix = [0u8; 4];
     getrandom::fill(&mut suffix).unwrap();

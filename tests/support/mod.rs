@@ -77,7 +77,21 @@ impl Env {
             operator_ns,
             created: Default::default(),
         };
-        env.kubectl_ok(&["apply", "-f", &repo("crds").to_string_lossy()]);
+        // Tests starting at once on a fresh cluster race to create the CRDs: the losers' apply
+        // fails with AlreadyExists and succeeds when repeated.
+        let crds = repo("crds").to_string_lossy().into_owned();
+        for attempt in 1.. {
+            let out = env.kubectl(&["apply", "-f", &crds]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                attempt < 5,
+                "kubectl apply of the CRDs keeps failing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200 * attempt));
+        }
         // A real server serves a new CRD's resources only once it is Established.
         let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
         let names: Vec<String> = CRDS.iter().map(|c| format!("crd/{c}")).collect();
