@@ -217,6 +217,8 @@ async fn the_operator_binary_refuses_to_start_over_orphaned_vaults() {
         .args(["--log-format", "json", "run", "--public-url", "http://127.0.0.1:1"])
         .args(["--webhook-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
         .args(["--operator-namespace", &ns])
+        // Only this test's tenant: on a real cluster other tests' vaults exist elsewhere.
+        .args(["--namespaces", &tenant])
         .env("KUBECONFIG", &env.kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
