@@ -80,11 +80,9 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         "access tokens live {}s here (Atlassian: 1h); refreshBefore 10s, healthCheckInterval 20s",
         TOKEN_LIFETIME.as_secs()
     ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    // The stand-in, like Atlassian, accepts only exactly registered callback URLs.
-    atlassian.add_callback(DEMO_CLIENT_ID, &format!("http://127.0.0.1:{port}/oauth/callback"));
+    // Port 0 for both servers: the public URL takes the port the web server binds.
     let run_args = RunArgs {
-        public_url: format!("http://127.0.0.1:{port}").parse()?,
+        public_url: "http://127.0.0.1:0".parse()?,
         atlassian_auth_url: atlassian.url().parse()?,
         atlassian_api_url: atlassian.url().parse()?,
         atlassian_tenant_info_url: format!(
@@ -92,7 +90,7 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
             atlassian.url().trim_end_matches('/')
         ),
         atlassian_timeout: Duration::from_secs(10),
-        webhook_addr: format!("127.0.0.1:{port}").parse()?,
+        webhook_addr: "127.0.0.1:0".parse()?,
         metrics_addr: "127.0.0.1:0".parse()?,
         operator_namespace: Some(OPERATOR_NAMESPACE.into()),
         keys_secret: KEYS_SECRET.into(),
@@ -114,18 +112,27 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let operator_client = client.clone();
+    let (listening_tx, listening_rx) = tokio::sync::oneshot::channel::<operator::Listening>();
     let operator = tokio::spawn(async move {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        operator::run(run_args, operator_client, stop, |l| {
+        operator::run(run_args, operator_client, stop, move |l| {
             say(&format!(
                 "operator: OAuth web server on {}, metrics on {}",
                 l.webhook, l.metrics
-            ))
+            ));
+            let _ = listening_tx.send(l);
         })
         .await
     });
+    let Ok(listening) = listening_rx.await else {
+        // The operator stopped before it listened: its error says why.
+        operator.await??;
+        return Err("the operator stopped before it listened".into());
+    };
+    // The stand-in, like Atlassian, accepts only exactly registered callback URLs.
+    atlassian.add_callback(DEMO_CLIENT_ID, &format!("http://{}/oauth/callback", listening.webhook));
 
     let users: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), NAMESPACE);
     let link = wait_for(&installations, "acme", |c| {

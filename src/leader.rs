@@ -9,9 +9,30 @@
 use std::future::Future;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 
 use crate::metrics::Metrics;
+use crate::webhook::Readiness;
+
+/// How often a replica waiting for the Lease looks whether another one holds it.
+const FOLLOWER_CHECK: Duration = Duration::from_secs(1);
+
+/// True when the Lease names another holder and was renewed within its duration.
+async fn held_by_another(leases: &Api<Lease>, config: &LeaseConfig) -> bool {
+    let Ok(Some(lease)) = leases.get_opt(&config.name).await else {
+        return false;
+    };
+    let Some(spec) = lease.spec else { return false };
+    let other = spec
+        .holder_identity
+        .as_deref()
+        .is_some_and(|h| !h.is_empty() && h != config.identity);
+    let renewed = spec.renew_time.or(spec.acquire_time).map(|t| t.0);
+    let lasts = jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    other && renewed.is_some_and(|at| at + lasts > jiff::Timestamp::now())
+}
 
 /// Default Lease name.
 pub const DEFAULT_LEASE_NAME: &str = "confluence-auth-operator";
@@ -54,6 +75,7 @@ pub async fn run_while_leading<F, Fut>(
     client: kube::Client,
     config: LeaseConfig,
     metrics: Metrics,
+    readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut controllers: F,
 ) -> Result<(), LeaderError>
@@ -63,6 +85,7 @@ where
 {
     let seconds = config.duration.as_secs().max(3);
     let grace = (seconds / 3).max(1);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
     let manager = LeaseManagerBuilder::new(client, &config.name)
         .with_namespace(&config.namespace)
         .with_identity(&config.identity)
@@ -75,14 +98,22 @@ where
     metrics.set_leader(false);
     tracing::info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity, "waiting for the leader Lease");
     'outer: loop {
-        // Wait to lead.
+        // Wait to lead; meanwhile a current Lease held by another replica makes this one a
+        // ready follower.
+        let mut check = tokio::time::interval(FOLLOWER_CHECK);
         while !*leading.borrow_and_update() {
             tokio::select! {
                 _ = &mut shutdown => break 'outer,
                 changed = leading.changed() => if changed.is_err() { break 'outer },
+                _ = check.tick() => {
+                    if held_by_another(&leases, &config).await {
+                        readiness.set_follower();
+                    }
+                }
             }
         }
         tracing::info!(identity = %config.identity, "acquired the leader Lease: reconciling");
+        readiness.set_leader_syncing();
         metrics.set_leader(true);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let mut running = tokio::spawn(controllers(stop_rx));
@@ -98,6 +129,7 @@ where
         metrics.set_leader(false);
         metrics.forget_all();
         if lost {
+            readiness.set_follower();
             tracing::warn!(identity = %config.identity, "lost the leader Lease: stopped reconciling");
             running.abort();
             let _ = running.await;

@@ -107,33 +107,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     on_listening: impl FnOnce(Listening),
 ) -> Result<(), StartError> {
-    let namespace = operator_namespace(&args, &client);
-    let keys = load_or_create_keys(&client, &namespace, &args.keys_secret, &args.namespaces).await?;
-    tracing::info!(namespace, secret = %args.keys_secret, primary = keys.primary_id(), "loaded the vault's master keys");
-    let endpoints = Endpoints {
-        auth_url: args.atlassian_auth_url.to_string(),
-        api_url: args.atlassian_api_url.to_string(),
-        tenant_info_url: args.atlassian_tenant_info_url.clone(),
-    };
-    let atlassian = AtlassianClient::new(endpoints, args.atlassian_timeout)?;
-    let ctx = Context {
-        client,
-        keys,
-        atlassian,
-        public_url: args.public_url.as_str().trim_end_matches('/').to_string(),
-        link_ttl: args.link_ttl,
-        clock: match &args.clock_url {
-            Some(url) => Clock::following(url.clone()),
-            None => Clock::system(),
-        },
-        operator_namespace: namespace.clone(),
-        keys_secret: args.keys_secret.clone(),
-        namespaces: args.namespaces.clone(),
-        require_client_secret_label: args.require_client_secret_label,
-        allowed_site_suffixes: args.allowed_site_suffixes.clone(),
-    };
-    let metrics = Metrics::default();
-    let readiness = Readiness::default();
+    // Bound first: with port 0 the addresses (and a public URL of port 0) are known at once.
     let bind = |addr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -151,6 +125,34 @@ pub async fn run(
             source,
         })?,
     };
+    let public_url = public_url(&args.public_url, listening.webhook);
+    let namespace = operator_namespace(&args, &client);
+    let keys = load_or_create_keys(&client, &namespace, &args.keys_secret, &args.namespaces).await?;
+    tracing::info!(namespace, secret = %args.keys_secret, primary = keys.primary_id(), "loaded the vault's master keys");
+    let endpoints = Endpoints {
+        auth_url: args.atlassian_auth_url.to_string(),
+        api_url: args.atlassian_api_url.to_string(),
+        tenant_info_url: args.atlassian_tenant_info_url.clone(),
+    };
+    let atlassian = AtlassianClient::new(endpoints, args.atlassian_timeout)?;
+    let ctx = Context {
+        client,
+        keys,
+        atlassian,
+        public_url,
+        link_ttl: args.link_ttl,
+        clock: match &args.clock_url {
+            Some(url) => Clock::following(url.clone()),
+            None => Clock::system(),
+        },
+        operator_namespace: namespace.clone(),
+        keys_secret: args.keys_secret.clone(),
+        namespaces: args.namespaces.clone(),
+        require_client_secret_label: args.require_client_secret_label,
+        allowed_site_suffixes: args.allowed_site_suffixes.clone(),
+    };
+    let metrics = Metrics::default();
+    let readiness = Readiness::default();
     tracing::info!(webhook = %listening.webhook, metrics = %listening.metrics, public_url = %ctx.public_url, "listening");
     on_listening(listening);
 
@@ -206,12 +208,26 @@ pub async fn run(
     let client = ctx.client.clone();
     let shared = Arc::new(Shared::new(ctx, metrics.clone(), events));
     let namespaces = args.namespaces.clone();
-    let leading = leader::run_while_leading(client, lease, metrics, stopped(&stop_tx), move |stop| {
-        // Unsaved rotated token sets survive a lost term: they are written first next time.
-        controller::run(shared.clone(), namespaces.clone(), async move {
-            let _ = stop.await;
-        })
-    });
+    let synced = readiness.clone();
+    let leading = leader::run_while_leading(
+        client,
+        lease,
+        metrics,
+        readiness.clone(),
+        stopped(&stop_tx),
+        move |stop| {
+            // Unsaved rotated token sets survive a lost term: they are written first next time.
+            let synced = synced.clone();
+            controller::run(
+                shared.clone(),
+                namespaces.clone(),
+                async move {
+                    let _ = stop.await;
+                },
+                move || synced.set_leader_synced(),
+            )
+        },
+    );
     let controllers = tokio::spawn(async move {
         // Ending here (an error, or a return before shutdown) stops the process: see supervise.
         if let Err(e) = leading.await {
@@ -283,6 +299,17 @@ pub async fn supervise(
             Err(StartError::Stopped { task, how })
         }
     }
+}
+
+/// `--public-url` without a trailing slash; a port of 0 stands for the port the OAuth web
+/// server bound (a local run with `--webhook-addr 127.0.0.1:0`).
+fn public_url(configured: &url::Url, webhook: SocketAddr) -> String {
+    let mut url = configured.clone();
+    if url.port() == Some(0) {
+        // Only a URL that cannot take a port (none here: `http`/`https`) fails; keep it as given.
+        let _ = url.set_port(Some(webhook.port()));
+    }
+    url.as_str().trim_end_matches('/').to_string()
 }
 
 /// `--operator-namespace`, else the service account's namespace, else the client's default.
@@ -433,6 +460,22 @@ mod tests {
         tokio::spawn(async move {
             let _ = rx.recv().await;
         })
+    }
+
+    #[test]
+    fn a_public_url_of_port_0_takes_the_bound_port_and_others_stay_as_given() {
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        let url = |text: &str| text.parse::<url::Url>().unwrap();
+        assert_eq!(public_url(&url("http://127.0.0.1:0"), bound), "http://127.0.0.1:41234");
+        assert_eq!(public_url(&url("http://127.0.0.1:0/"), bound), "http://127.0.0.1:41234");
+        assert_eq!(
+            public_url(&url("https://auth.example.com/"), bound),
+            "https://auth.example.com"
+        );
+        assert_eq!(
+            public_url(&url("http://localhost:8080"), bound),
+            "http://localhost:8080"
+        );
     }
 
     #[tokio::test]

@@ -25,19 +25,43 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: u64 = 4096;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#172b4d}h1{font-size:1.4rem}";
 
-/// Flipped to true once the controllers run; `/readyz` reports it.
+/// What `/readyz` reports: ready once the servers run and this replica knows its part, either
+/// a follower (another replica holds a current Lease; it serves the web server) or the leader
+/// whose controllers' caches have synced (their first list is in).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Default)]
+struct ReadinessState {
+    started: AtomicBool,
+    /// 0: not known yet, 1: follower, 2: leader syncing its caches, 3: leader synced.
+    role: std::sync::atomic::AtomicU8,
+}
 
 impl Readiness {
-    /// Marks the process ready.
+    /// Marks the servers as running.
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.started.store(true, Ordering::SeqCst);
     }
 
-    /// True once the controllers run.
+    /// Another replica leads (or this one lost the Lease): serving the web server is the job.
+    pub fn set_follower(&self) {
+        self.0.role.store(1, Ordering::SeqCst);
+    }
+
+    /// This replica leads; its controllers are listing what they watch.
+    pub fn set_leader_syncing(&self) {
+        self.0.role.store(2, Ordering::SeqCst);
+    }
+
+    /// The leader's controllers have synced their caches (a no-op unless leading).
+    pub fn set_leader_synced(&self) {
+        let _ = self.0.role.compare_exchange(2, 3, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// True once the servers run and this replica is a follower or a synced leader.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.started.load(Ordering::SeqCst) && matches!(self.0.role.load(Ordering::SeqCst), 1 | 3)
     }
 }
 

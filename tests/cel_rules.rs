@@ -1,8 +1,9 @@
 //! The CEL rules embedded in the CRDs (evaluated here with kube's client-side CEL, as an API
-//! server would) refuse what the Rust validation refuses, with the same message.
+//! server would) fire on the objects they forbid and stay silent on sound ones; the messages
+//! are written out here as users read them (not taken from the constants the rules are built
+//! from), so a changed message fails a test.
 
 use confluence_auth_operator::crd::{ConfluenceInstallation, ConfluenceUserAuth};
-use confluence_auth_operator::validation::messages;
 use kube::core::cel::{validate_cel, validate_cel_update};
 use serde_json::json;
 
@@ -46,7 +47,9 @@ fn authorization_code_without_offline_access_is_refused() {
         installation(json!({"clientId": "c", "clientSecretRef": {"name": SECRET, "key": "k"}, "scopes": ["read:me"]}));
     assert_eq!(
         cel_messages(validate_cel(&cfi)),
-        vec![messages::OFFLINE_ACCESS_REQUIRED]
+        vec![
+            "spec.scopes must include offline_access when spec.grant is AuthorizationCode (without it Atlassian issues no refresh token): add offline_access to spec.scopes"
+        ]
     );
 }
 
@@ -57,7 +60,9 @@ fn client_credentials_need_a_site_but_no_offline_access() {
     );
     assert_eq!(
         cel_messages(validate_cel(&without_site)),
-        vec![messages::SITE_REQUIRED_FOR_CLIENT_CREDENTIALS]
+        vec![
+            "spec.site is required when spec.grant is ClientCredentials: set it to the service account's site, e.g. acme.atlassian.net"
+        ]
     );
     let with_site = installation(
         json!({"grant": "ClientCredentials", "site": "acme.atlassian.net", "clientId": "c", "clientSecretRef": {"name": SECRET, "key": "k"}, "scopes": ["read:me"]}),
@@ -73,6 +78,8 @@ fn installation_ref_cannot_change() {
     );
     assert_eq!(
         cel_messages(validate_cel_update(&user("globex"), &user("acme"))),
-        vec![messages::INSTALLATION_REF_IMMUTABLE]
+        vec![
+            "spec.installationRef.name is immutable: delete this ConfluenceUserAuth and create a new one to authorize in another installation"
+        ]
     );
 }

@@ -52,6 +52,8 @@ fn the_demo_walks_both_consents_on_the_embedded_control_plane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_configured_cluster_the_demo_stays_in_its_namespace() {
     let env = Env::start().await;
+    // The demo creates `demo`; against a real cluster it goes with this test's namespaces.
+    env.delete_on_drop("demo");
     let other = env.namespace("team").await;
     env.apply_examples(&other, &["client-secret.yaml", "installation.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &other);

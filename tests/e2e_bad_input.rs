@@ -53,7 +53,7 @@ fn secrets_only(snapshot: &BTreeMap<String, String>) -> BTreeMap<String, String>
 }
 
 async fn cluster_keys(env: &Env) -> KeyRing {
-    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), OPERATOR_NS);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.operator_ns);
     let keys = secrets.get("confluence-auth-operator-keys").await.unwrap();
     KeyRing::from_secret_data(&keys.data.unwrap()).unwrap()
 }
@@ -318,7 +318,10 @@ async fn every_bad_request_gets_a_clear_page_and_writes_nothing() {
             text: INVALID_LINK,
         },
         browser
-            .get(&format!("{base}/oauth/start/{OPERATOR_NS}/installation/acme?nonce=x"))
+            .get(&format!(
+                "{base}/oauth/start/{}/installation/acme?nonce=x",
+                env.operator_ns
+            ))
             .await,
     );
     check(

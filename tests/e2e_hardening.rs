@@ -20,10 +20,10 @@ use tokio::net::TcpStream;
 /// The operator with extra flags, ready, plus a fresh namespace.
 async fn operator_with(prefix: &str, flags: &[&str]) -> (Env, Operator, String) {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn_with(&env, OPERATOR_NS, flags);
-    operator.ready().await;
+    env.ensure_namespace(&env.operator_ns).await;
     let ns = env.namespace(prefix).await;
+    let operator = Operator::spawn_with(&env, &env.operator_ns, flags);
+    operator.ready().await;
     (env, operator, ns)
 }
 
@@ -340,4 +340,66 @@ async fn one_client_over_its_burst_is_told_to_wait_and_others_are_not() {
     let neighbour = client("127.0.0.2");
     let answer = neighbour.get(&start).send().await.unwrap();
     assert_ne!(answer.status(), 429);
+}
+
+// ---- readiness ------------------------------------------------------------------------------
+
+/// `/readyz` (on both servers) answers 200 only once the leader's controllers hold their first
+/// list: never while the list of installations fails, at once when it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_until_the_controllers_caches_have_synced() {
+    let env = Env::start().await;
+    env.ensure_namespace(&env.operator_ns).await;
+    let ns = env.namespace("readyz").await;
+    // On the testbed, every list of installations fails until the knob is cleared.
+    if let Some(api) = &env.api {
+        api.faults()
+            .fail_next(Some("list"), Some("confluenceinstallations"), 100_000, 500);
+    }
+    let operator = Operator::spawn_with(&env, &env.operator_ns, &[]);
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    let (metrics_readyz, webhook_readyz) = (
+        format!("{}/readyz", operator.metrics_url),
+        format!("{}/readyz", operator.public_url),
+    );
+    if let Some(api) = &env.api {
+        // Leading, and its controller's list refused at least once: still not ready.
+        eventually("the leader's refused list", || async {
+            let leads = operator
+                .metrics()
+                .await
+                .lines()
+                .any(|l| l.trim() == "confluence_auth_leader 1");
+            let refused = api
+                .request_log()
+                .iter()
+                .any(|r| r.method == "GET" && r.path.ends_with("/confluenceinstallations") && r.status == 500);
+            (leads && refused).then_some(())
+        })
+        .await;
+        assert_eq!(status(metrics_readyz.clone()).await, 503, "ready without a cache");
+        assert_eq!(status(webhook_readyz.clone()).await, 503, "ready without a cache");
+        assert!(!operator.logs().contains("caches are synced"));
+        api.faults().clear();
+    }
+    // Ready at last, and only after the operator logged that its caches are in.
+    eventually("/readyz 200", || async {
+        // Status first: the line is logged before readiness flips, so a 200 implies the line.
+        let ok = status(metrics_readyz.clone()).await == 200;
+        let logged = operator.logs().contains("the controllers' caches are synced");
+        ok.then(|| assert!(logged, "ready before the caches synced"))
+    })
+    .await;
+    assert_eq!(status(webhook_readyz).await, 200);
+    // And the controllers reconcile.
+    service_installation(&env, &ns, "bot", "acme.atlassian.net").await;
+    ready(
+        &Api::<ConfluenceInstallation>::namespaced(env.client.clone(), &ns),
+        "bot",
+    )
+    .await;
 }

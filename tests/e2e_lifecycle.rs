@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use confluence_auth_operator::crd::conditions;
@@ -54,12 +55,12 @@ where
 /// A control plane, the operator with `flags`, a namespace with the app's client secret.
 async fn start(prefix: &str, flags: &[&str]) -> (Env, Operator, String) {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
+    env.ensure_namespace(&env.operator_ns).await;
     let mut args = vec!["--lease-duration", "6s"];
     args.extend_from_slice(flags);
-    let operator = Operator::spawn_with(&env, OPERATOR_NS, &args);
-    operator.ready().await;
     let ns = env.namespace(prefix).await;
+    let operator = Operator::spawn_with(&env, &env.operator_ns, &args);
+    operator.ready().await;
     env.apply_examples(&ns, &["client-secret.yaml"]);
     (env, operator, ns)
 }
@@ -427,11 +428,11 @@ async fn revocation_and_site_loss_are_reported_and_a_new_consent_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reauthorization_is_due_two_weeks_before_the_refresh_token_dies() {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
+    env.ensure_namespace(&env.operator_ns).await;
     let clock_url = format!("{}/_testbed/clock", env.atlassian.url().trim_end_matches('/'));
-    let operator = Operator::spawn_with(&env, OPERATOR_NS, &["--clock-url", &clock_url]);
-    operator.ready().await;
     let ns = env.namespace("reauth").await;
+    let operator = Operator::spawn_with(&env, &env.operator_ns, &["--clock-url", &clock_url]);
+    operator.ready().await;
     env.apply_examples(&ns, &["client-secret.yaml"]);
     env.atlassian.set_access_token_lifetime(Duration::from_secs(60));
     let installations = installation(&env.client, &ns, "10s", "24h").await;
@@ -447,9 +448,11 @@ async fn reauthorization_is_due_two_weeks_before_the_refresh_token_dies() {
     for step in 0..4 {
         let before = time(&installations.get("acme").await.unwrap(), last_refresh);
         env.atlassian.advance_clock(Duration::from_secs(88 * 86_400));
-        tokio::time::sleep(Duration::from_millis(600)).await; // the operator's clock follows
-        kick(&installations, "acme", &step.to_string()).await;
+        let nudges = AtomicUsize::new(0);
         within(WAIT, "a refresh after the jump", || async {
+            // Nudged until the operator's clock (it reads the stand-in's every 250 ms) has jumped.
+            let nudge = nudges.fetch_add(1, Ordering::Relaxed);
+            kick(&installations, "acme", &format!("{step}-{nudge}")).await;
             let cfi = installations.get("acme").await.ok()?;
             (time(&cfi, last_refresh) != before && phase(&cfi) == Some(Phase::Ready)).then_some(())
         })
@@ -478,9 +481,10 @@ async fn reauthorization_is_due_two_weeks_before_the_refresh_token_dies() {
     // Tokens still refresh.
     let before = time(&due, last_refresh);
     env.atlassian.advance_clock(Duration::from_secs(120));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    kick(&installations, "acme", "after").await;
+    let nudges = AtomicUsize::new(0);
     within(WAIT, "a refresh while due", || async {
+        let nudge = nudges.fetch_add(1, Ordering::Relaxed);
+        kick(&installations, "acme", &format!("after-{nudge}")).await;
         let cfi = installations.get("acme").await.ok()?;
         (time(&cfi, last_refresh) != before).then_some(())
     })
@@ -624,7 +628,7 @@ async fn a_restart_refreshes_exactly_what_is_due() {
     };
     let stopped = snapshot().await;
     let calls_before = env.atlassian.counters().grants("refresh_token");
-    let mut operator = Operator::spawn_with(&env, OPERATOR_NS, &["--lease-duration", "6s"]);
+    let mut operator = Operator::spawn_with(&env, &env.operator_ns, &["--lease-duration", "6s"]);
     operator.ready().await;
     let short: Vec<String> = (25..50).map(|i| format!("u{i}")).collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -686,7 +690,7 @@ async fn two_replicas_one_leader_and_a_fast_handover() {
         leading(&first.metrics().await).then_some(())
     })
     .await;
-    let second = Operator::spawn_with(&env, OPERATOR_NS, &["--lease-duration", "6s"]);
+    let second = Operator::spawn_with(&env, &env.operator_ns, &["--lease-duration", "6s"]);
     second.ready().await;
     env.atlassian.set_access_token_lifetime(Duration::from_secs(30));
     let installations = installation(&env.client, &ns, "10s", "10m").await;
@@ -842,4 +846,223 @@ async fn rate_limits_and_outages_back_off_and_degrade_only_when_the_token_would_
         (!events(&env.client, &ns, "acme", "RefreshRecovered").await.is_empty()).then_some(())
     })
     .await;
+}
+
+/// `examples/service-account-installation.yaml` as a user applies it: Ready with a working token
+/// and never a link or a consent; `authorize` says it is Ready instead of printing a link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_account_example_is_ready_without_any_consent() {
+    use testbed::atlassian::Endpoint;
+    let (env, _operator, ns) = start("bot", &[]).await;
+    env.apply_examples(&ns, &["service-account-installation.yaml"]);
+    let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);
+    let bot = ready(&installations, "acme-bot").await;
+    let status = bot.credential().unwrap();
+    assert_eq!(
+        status.authorization_url, None,
+        "a client-credentials installation got a link"
+    );
+    assert_eq!(status.authorization_nonce_hash, None);
+    assert_eq!(
+        condition(&bot, conditions::READY).unwrap(),
+        ("True".into(), "TokenValid".into())
+    );
+    let counters = env.atlassian.counters();
+    assert_eq!(counters.calls(Endpoint::Authorize), 0, "someone was sent to consent");
+    assert_eq!(counters.grants("authorization_code"), 0);
+    assert!(counters.grants("client_credentials") >= 1);
+    // The token in the Secret is the service account's, and Atlassian accepts it for the site.
+    let token = token_of(&env.client, &ns, status.secret_name.as_deref().unwrap()).await;
+    let sites: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/oauth/token/accessible-resources",
+            env.atlassian.url().trim_end_matches('/')
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sites[0]["url"], "https://acme.atlassian.net", "{sites}");
+    // `authorize` has no link to print: it says the installation is Ready.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confluence-auth-operator"))
+        .args(["authorize", "installation", "acme-bot", "-n", &ns])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "installation/acme-bot is Ready");
+    // A start link made up for it is refused like any unknown link, and nobody reaches Atlassian.
+    let page = Browser::new()
+        .get(&format!(
+            "{}/oauth/start/{ns}/installation/acme-bot?nonce=guessed",
+            _operator.public_url
+        ))
+        .await;
+    assert_eq!(page.status, 404, "{}", page.body);
+    assert_eq!(env.atlassian.counters().calls(Endpoint::Authorize), 0);
+}
+
+/// A token that expired while Atlassian could not renew it is `Degraded` with `Ready=False`,
+/// and the next successful renewal makes it Ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_degraded_until_it_is_renewed() {
+    use testbed::atlassian::{Endpoint, Fault};
+    let (env, _operator, ns) = start("expired", &[]).await;
+    env.atlassian.set_access_token_lifetime(Duration::from_secs(15));
+    let installations = installation(&env.client, &ns, "5s", "10m").await;
+    // Atlassian is down from the consent on: the 15-second token cannot be renewed.
+    let cfi = consent(&env, &installations, "acme", ADA).await;
+    env.atlassian
+        .fail_next(Endpoint::Token, 100_000, Fault::Status { status: 503 });
+    let expiry = time(&cfi, expires).unwrap();
+    let degraded = within(Duration::from_secs(60), "Degraded after the expiry", || async {
+        let cfi = installations.get("acme").await.ok()?;
+        (jiff::Timestamp::now() > expiry && phase(&cfi) == Some(Phase::Degraded)).then_some(cfi)
+    })
+    .await;
+    assert_eq!(condition(&degraded, conditions::READY).unwrap().0, "False");
+    assert_eq!(time(&degraded, expires), Some(expiry), "nothing was renewed");
+
+    // Atlassian is back: renewed, Ready again.
+    env.atlassian.clear_faults();
+    let renewed = within(Duration::from_secs(60), "Ready after Atlassian is back", || async {
+        let cfi = installations.get("acme").await.ok()?;
+        (phase(&cfi) == Some(Phase::Ready)).then_some(cfi)
+    })
+    .await;
+    assert!(time(&renewed, expires).unwrap() > jiff::Timestamp::now());
+}
+
+/// The value of the one series `name{labels…}` whose label text contains every one of `labels`.
+fn series(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `/metrics` carries every family the README lists, with values that match the credentials:
+/// renewals, their duration, expiries in seconds from now, health checks, callbacks, phases and
+/// the leader gauge (the reconcile-error family is declared; no error happens here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_every_listed_family_with_values_that_match_the_credentials() {
+    let (env, operator, ns) = start("metrics", &[]).await;
+    env.atlassian.set_access_token_lifetime(Duration::from_secs(40));
+    let installations = installation(&env.client, &ns, "30s", "10s").await;
+    let cfi = consent(&env, &installations, "acme", ADA).await;
+    let consented = time(&cfi, last_refresh);
+    // A renewal (every ~10 s with these settings) and a health check (every 10 s).
+    within(Duration::from_secs(40), "a renewal", || async {
+        let cfi = installations.get("acme").await.ok()?;
+        (time(&cfi, last_refresh) != consented).then_some(())
+    })
+    .await;
+    let kind = r#"kind="ConfluenceInstallation""#;
+    within(Duration::from_secs(40), "a health check in the metrics", || async {
+        let m = operator.metrics().await;
+        series(
+            &m,
+            "confluence_auth_health_checks_total",
+            &[kind, r#"result="healthy""#],
+        )
+        .map(|_| m)
+    })
+    .await;
+    // A user auth whose installation does not exist: counted under its own kind and phase. On
+    // the testbed its first two status writes fail: reconcile errors, counted by category (a real
+    // cluster has no such knob, so there the family is not checked).
+    if let Some(api) = &env.api {
+        api.faults()
+            .fail_next(Some("update"), Some("confluenceuserauths"), 2, 500);
+    }
+    create_user_of(&env.client, &ns, "orphan", "nope").await;
+    let user = r#"kind="ConfluenceUserAuth""#;
+    let metrics = within(WAIT, "the orphan user auth in the metrics", || async {
+        let m = operator.metrics().await;
+        let errors = series(
+            &m,
+            "confluence_auth_reconcile_errors_total",
+            &[user, r#"category="KubernetesApi""#],
+        );
+        let counted = env.api.is_none() || errors.is_some_and(|n| n >= 1.0);
+        (counted && series(&m, "confluence_auth_resources", &[user]).is_some()).then_some(m)
+    })
+    .await;
+
+    let response = reqwest::get(format!("{}/metrics", operator.metrics_url)).await.unwrap();
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    for family in [
+        "confluence_auth_refreshes",
+        "confluence_auth_refresh_duration_seconds",
+        "confluence_auth_access_token_expiry_seconds",
+        "confluence_auth_refresh_token_expiry_seconds",
+        "confluence_auth_health_checks",
+        "confluence_auth_oauth_callbacks",
+        "confluence_auth_leader",
+        "confluence_auth_resources",
+    ]
+    .into_iter()
+    .chain(env.api.is_some().then_some("confluence_auth_reconcile_errors"))
+    {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "no family {family}:\n{metrics}"
+        );
+    }
+    let object = [
+        format!(r#"namespace="{ns}""#),
+        kind.to_string(),
+        r#"name="acme""#.to_string(),
+    ];
+    let object: Vec<&str> = object.iter().map(String::as_str).collect();
+    let access = series(&metrics, "confluence_auth_access_token_expiry_seconds", &object).unwrap();
+    assert!(
+        access > 0.0 && access <= 40.0,
+        "a 40-second token expires in {access} s"
+    );
+    // The stand-in issues refresh tokens for 365 days from the consent.
+    let refresh = series(&metrics, "confluence_auth_refresh_token_expiry_seconds", &object).unwrap();
+    assert!(
+        refresh > 364.0 * 86_400.0 && refresh <= 365.0 * 86_400.0,
+        "a fresh grant's refresh token expires in {refresh} s"
+    );
+    assert!(
+        series(
+            &metrics,
+            "confluence_auth_refreshes_total",
+            &[kind, r#"result="success""#]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(series(&metrics, "confluence_auth_refresh_duration_seconds_count", &[kind]).unwrap() >= 1.0);
+    assert!(series(&metrics, "confluence_auth_oauth_callbacks_total", &[]).unwrap() >= 1.0);
+    assert_eq!(series(&metrics, "confluence_auth_leader", &[]), Some(1.0));
+    assert_eq!(
+        series(&metrics, "confluence_auth_resources", &[kind, r#"phase="Ready""#]),
+        Some(1.0)
+    );
+}
+
+async fn create_user_of(client: &Client, ns: &str, name: &str, installation: &str) {
+    let api: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), ns);
+    let obj: ConfluenceUserAuth = serde_json::from_value(json!({
+        "apiVersion": "confluence-auth.dev/v1alpha1",
+        "kind": "ConfluenceUserAuth",
+        "metadata": {"name": name},
+        "spec": {"installationRef": {"name": installation}, "userId": format!("user_{name}")},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
 }

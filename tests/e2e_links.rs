@@ -10,9 +10,9 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_link_is_refused_and_replaced_by_a_working_one() {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
+    env.ensure_namespace(&env.operator_ns).await;
     let ns = env.namespace("ttl").await;
-    let operator = Operator::spawn_with(&env, OPERATOR_NS, &["--namespaces", &ns, "--link-ttl", "5s"]);
+    let operator = Operator::spawn_with(&env, &env.operator_ns, &["--namespaces", &ns, "--link-ttl", "5s"]);
     operator.ready().await;
     env.apply_examples(&ns, &["client-secret.yaml", "installation.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);

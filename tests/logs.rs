@@ -5,15 +5,15 @@ mod support;
 
 use confluence_auth_operator::crd::ConfluenceInstallation;
 use kube::api::Api;
-use support::{Env, OPERATOR_NS, Operator, link_of};
+use support::{Env, Operator, link_of};
 
 /// Runs the operator with `log_format` through start-up and one reconcile, stops it cleanly,
 /// and returns what it wrote.
 async fn logged(log_format: &str) -> String {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
+    env.ensure_namespace(&env.operator_ns).await;
     let ns = env.namespace("logs").await;
-    let mut operator = Operator::spawn_logging(&env, OPERATOR_NS, log_format, &["--namespaces", &ns]);
+    let mut operator = Operator::spawn_logging(&env, &env.operator_ns, log_format, &["--namespaces", &ns]);
     operator.ready().await;
     env.apply_examples(&ns, &["client-secret.yaml", "installation.yaml"]);
     let installations: Api<ConfluenceInstallation> = Api::namespaced(env.client.clone(), &ns);

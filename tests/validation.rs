@@ -5,7 +5,7 @@ use confluence_auth_operator::crd::{
     ConfluenceInstallation, ConfluenceInstallationSpec, ConfluenceUserAuthSpec, GrantType, InstallationRef,
     SecretKeyRef,
 };
-use confluence_auth_operator::validation::{self, messages};
+use confluence_auth_operator::validation;
 use kube::CustomResourceExt;
 use rstest::rstest;
 
@@ -74,7 +74,7 @@ fn a_sound_installation_yields_its_policy() {
 #[case::empty_secret_ref(|s: &mut ConfluenceInstallationSpec| s.client_secret_ref.key = String::new(),
     "spec.clientSecretRef needs both name and key: name the Secret (same namespace) and the key that holds the client secret")]
 #[case::no_offline_access(|s: &mut ConfluenceInstallationSpec| s.scopes = vec!["read:me".into()],
-    messages::OFFLINE_ACCESS_REQUIRED)]
+    "spec.scopes must include offline_access when spec.grant is AuthorizationCode (without it Atlassian issues no refresh token): add offline_access to spec.scopes")]
 #[case::unknown_scope(|s: &mut ConfluenceInstallationSpec| s.scopes.push("read:jira-work".into()),
     "spec.scopes[3] \"read:jira-work\" is not a Confluence scope: use a classic scope such as read:confluence-content.all, read:me or offline_access, or a granular one such as read:page:confluence")]
 #[case::client_id_too_long(|s: &mut ConfluenceInstallationSpec| s.client_id = "c".repeat(257),
@@ -86,7 +86,7 @@ fn a_sound_installation_yields_its_policy() {
 #[case::bad_site(|s: &mut ConfluenceInstallationSpec| s.site = Some("http://acme".into()),
     "spec.site \"http://acme\" is not a site address: write its host, e.g. acme.atlassian.net")]
 #[case::client_credentials_without_site(|s: &mut ConfluenceInstallationSpec| s.grant = GrantType::ClientCredentials,
-    messages::SITE_REQUIRED_FOR_CLIENT_CREDENTIALS)]
+    "spec.site is required when spec.grant is ClientCredentials: set it to the service account's site, e.g. acme.atlassian.net")]
 #[case::malformed_refresh_before(|s: &mut ConfluenceInstallationSpec| s.refresh_before = "15 minutes".into(),
     "spec.refreshBefore: \"15 minutes\" is not a duration: write whole hours, minutes and seconds such as 90s, 15m or 1h30m")]
 #[case::refresh_before_too_long(|s: &mut ConfluenceInstallationSpec| s.refresh_before = "1h".into(),
@@ -115,7 +115,7 @@ fn empty_scopes_is_reported_with_the_missing_offline_access() {
         vec![
             "spec.scopes is empty: list the scopes to request, e.g. [offline_access, read:confluence-content.all]"
                 .to_string(),
-            messages::OFFLINE_ACCESS_REQUIRED.to_string(),
+            "spec.scopes must include offline_access when spec.grant is AuthorizationCode (without it Atlassian issues no refresh token): add offline_access to spec.scopes".to_string(),
         ]
     );
 }
@@ -153,9 +153,9 @@ fn a_sound_user_auth_takes_the_installation_defaults() {
 
 #[rstest]
 #[case::empty_installation_ref(|s: &mut ConfluenceUserAuthSpec| s.installation_ref.name = String::new(), None,
-    vec!["spec.installationRef.name is empty: name the ConfluenceInstallation in this namespace", messages::INSTALLATION_REF_IMMUTABLE])]
+    vec!["spec.installationRef.name is empty: name the ConfluenceInstallation in this namespace", "spec.installationRef.name is immutable: delete this ConfluenceUserAuth and create a new one to authorize in another installation"])]
 #[case::installation_ref_changed(|s: &mut ConfluenceUserAuthSpec| s.installation_ref.name = "globex".into(), None,
-    vec![messages::INSTALLATION_REF_IMMUTABLE])]
+    vec!["spec.installationRef.name is immutable: delete this ConfluenceUserAuth and create a new one to authorize in another installation"])]
 #[case::user_id_too_long(|s: &mut ConfluenceUserAuthSpec| s.user_id = "u".repeat(254), None,
     vec!["spec.userId is 254 characters long: shorten it to at most 253"])]
 #[case::empty_user_expected_account(|s: &mut ConfluenceUserAuthSpec| s.expected_account_id = Some(String::new()), None,

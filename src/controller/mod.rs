@@ -124,11 +124,12 @@ impl ReconcileError {
 }
 
 /// Runs both controllers, over all namespaces or over each of `namespaces`, until `shutdown`
-/// resolves.
+/// resolves. `on_synced` is called once every controller's cache holds its first list.
 pub async fn run(
     shared: Arc<Shared>,
     namespaces: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_synced: impl FnOnce() + Send + 'static,
 ) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
@@ -136,16 +137,26 @@ pub async fn run(
         namespaces.into_iter().map(Some).collect()
     };
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let controllers = futures::future::join_all(
-        scopes
-            .into_iter()
-            .map(|scope| run_scope(shared.clone(), scope, &shutdown_tx)),
-    );
+    let (controllers, stores): (Vec<_>, Vec<_>) = scopes
+        .into_iter()
+        .map(|scope| run_scope(shared.clone(), scope, &shutdown_tx))
+        .unzip();
+    let synced = async move {
+        for (installations, users) in stores {
+            // An error means the controller ended: it never synced.
+            if installations.wait_until_ready().await.is_err() || users.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        tracing::info!("the controllers' caches are synced");
+        on_synced();
+    };
+    let controllers = futures::future::join_all(controllers);
     let stop = async move {
         shutdown.await;
         let _ = shutdown_tx.send(());
     };
-    tokio::join!(controllers, stop);
+    tokio::join!(controllers, stop, synced);
 }
 
 /// An API over one namespace, or over all.
@@ -172,12 +183,18 @@ fn on_result<K: CredentialResource>(
     }
 }
 
-/// Both controllers over one scope.
+/// The caches of one scope's two controllers.
+type Stores = (
+    kube::runtime::reflector::Store<ConfluenceInstallation>,
+    kube::runtime::reflector::Store<ConfluenceUserAuth>,
+);
+
+/// Both controllers over one scope, and their caches.
 fn run_scope(
     shared: Arc<Shared>,
     scope: Option<String>,
     shutdown: &tokio::sync::broadcast::Sender<()>,
-) -> impl std::future::Future<Output = ()> + use<> {
+) -> (impl std::future::Future<Output = ()> + use<>, Stores) {
     let client = shared.ctx.client.clone();
     let secrets: Api<Secret> = scoped(&client, &scope);
     // Watching every namespace still leaves out the operator's own (its keys live there), unless
@@ -212,7 +229,7 @@ fn run_scope(
             .reflect(installation_writer)
             .applied_objects();
     let installation_shared = shared.clone();
-    let installation_controller = Controller::for_stream(installation_stream, installation_store)
+    let installation_controller = Controller::for_stream(installation_stream, installation_store.clone())
         .owns(secrets.clone(), managed.clone())
         .graceful_shutdown_on(signal(shutdown))
         .run(installation::reconcile, error_policy, shared.clone())
@@ -232,6 +249,7 @@ fn run_scope(
     .applied_objects();
     let user_controller = Controller::for_stream(user_stream, user_store);
     let user_store = user_controller.store();
+    let stores = (installation_store, user_store.clone());
     let user_shared = shared.clone();
     // Installations as the users see them: a change (or an installation that stops fitting its
     // type, a stub delete) re-checks its users; reported by the installation controller only.
@@ -257,9 +275,10 @@ fn run_scope(
             on_result(&user_shared, result);
             async {}
         });
-    async move {
+    let controllers = async move {
         tokio::join!(installation_controller, user_controller);
-    }
+    };
+    (controllers, stores)
 }
 
 fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shared: Arc<Shared>) -> Action {

@@ -554,10 +554,9 @@ async fn demo_world_serves_the_operator_demo() {
 }
 
 #[tokio::test]
-async fn binds_loopback_starts_fast_and_stops_on_drop() {
-    let started = Instant::now();
+async fn binds_loopback_and_stops_on_drop() {
+    // How fast it starts is not asserted: a timed assert flakes on a busy machine.
     let s = StandIn::start().await.expect("start");
-    assert!(started.elapsed() < Duration::from_millis(500));
     assert!(s.addr().ip().is_loopback());
     assert!(s.url().starts_with("http://127.0.0.1:"));
     let addr = s.addr();

@@ -30,22 +30,34 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    /// The operator's own namespace in this test: [`OPERATOR_NS`] on the testbed; on a real
+    /// cluster one per test, so that tests running at once neither share a Lease nor keys.
+    pub operator_ns: String,
+    /// Namespaces this test created (deleted when it ends against a real cluster).
+    created: std::sync::Mutex<Vec<String>>,
 }
+
+/// The project's CRDs, which every test applies.
+const CRDS: [&str; 2] = [
+    "confluenceinstallations.confluence-auth.dev",
+    "confluenceuserauths.confluence-auth.dev",
+];
 
 impl Env {
     pub async fn start() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let (api, kubeconfig) = match std::env::var("E2E_KUBECONFIG") {
+        let (api, kubeconfig, operator_ns) = match std::env::var("E2E_KUBECONFIG") {
             Ok(path) if !path.is_empty() => {
                 eprintln!("end-to-end against the cluster in E2E_KUBECONFIG={path}");
-                (None, PathBuf::from(path))
+                let operator_ns = format!("cao-system-{}", &uuid_like()[..8]);
+                (None, PathBuf::from(path), operator_ns)
             }
             _ => {
                 let api = ApiServer::start().await.unwrap();
                 let path = dir.path().join("kubeconfig");
                 api.write_kubeconfig(&path).unwrap();
                 eprintln!("end-to-end against the testbed API server at {}", api.url());
-                (Some(api), path)
+                (Some(api), path, OPERATOR_NS.to_string())
             }
         };
         let atlassian = StandIn::demo_world().await.unwrap();
@@ -62,9 +74,35 @@ impl Env {
             kubeconfig,
             client,
             dir,
+            operator_ns,
+            created: Default::default(),
         };
-        env.kubectl_ok(&["apply", "-f", &repo("crds").to_string_lossy()]);
+        // Tests starting at once on a fresh cluster race to create the CRDs: the losers' apply
+        // fails with AlreadyExists and succeeds when repeated.
+        let crds = repo("crds").to_string_lossy().into_owned();
+        for attempt in 1.. {
+            let out = env.kubectl(&["apply", "-f", &crds]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                attempt < 5,
+                "kubectl apply of the CRDs keeps failing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200 * attempt));
+        }
+        // A real server serves a new CRD's resources only once it is Established.
+        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        let names: Vec<String> = CRDS.iter().map(|c| format!("crd/{c}")).collect();
+        wait.extend(names.iter().map(String::as_str));
+        env.kubectl_ok(&wait);
         env
+    }
+
+    /// True against a real cluster (`E2E_KUBECONFIG`), false on the testbed.
+    pub fn real_cluster(&self) -> bool {
+        self.api.is_none()
     }
 
     /// Runs kubectl against this environment.
@@ -106,9 +144,49 @@ impl Env {
             ..Default::default()
         };
         match api.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
+            Ok(_) => self.created.lock().unwrap().push(name.to_string()),
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => panic!("creating namespace {name}: {e}"),
+        }
+    }
+
+    /// Deletes `namespace` with this test's own when it ends (against a real cluster).
+    pub fn delete_on_drop(&self, namespace: &str) {
+        self.created.lock().unwrap().push(namespace.to_string());
+    }
+
+    /// The namespaces this test created, except the operator's own.
+    pub fn test_namespaces(&self) -> Vec<String> {
+        self.created
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| **n != self.operator_ns)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    /// Against a real cluster, deletes the namespaces this test created (and with them
+    /// everything in them). The CRDs are shared by the tests running at once:
+    /// `scripts/test` removes them after the run when it installed them.
+    fn drop(&mut self) {
+        if !self.real_cluster() {
+            return;
+        }
+        let created = std::mem::take(&mut *self.created.lock().unwrap());
+        if created.is_empty() {
+            return;
+        }
+        let mut args = vec!["delete", "namespace", "--ignore-not-found", "--wait=false"];
+        args.extend(created.iter().map(String::as_str));
+        let out = self.kubectl(&args);
+        if !out.status.success() {
+            eprintln!(
+                "cleaning up namespaces {created:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -124,13 +202,16 @@ fn uuid_like() -> String {
     hex::encode(b)
 }
 
-/// A free loopback port (bound and released; the operator binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The Lease of the tests' operators (in each test's operator namespace).
+pub const E2E_LEASE: &str = "confluence-auth-operator-e2e";
+
+/// Which namespaces a spawned operator watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The test's own namespaces (all it created so far), unless the flags name some.
+    TestNamespaces,
+    /// Every namespace (only on the testbed: on a real cluster it would touch other tests).
+    AllNamespaces,
 }
 
 /// The operator binary, running.
@@ -151,20 +232,37 @@ impl Operator {
         Self::spawn_logging(env, operator_namespace, "json", extra)
     }
 
+    /// Like [`Operator::spawn_with`], watching every namespace (testbed only).
+    pub fn spawn_all_namespaces(env: &Env, operator_namespace: &str, extra: &[&str]) -> Operator {
+        assert!(
+            !env.real_cluster(),
+            "an all-namespaces operator would reconcile the other tests' resources on a real cluster"
+        );
+        Self::spawn_scoped(env, operator_namespace, "json", extra, Scope::AllNamespaces)
+    }
+
     /// Like [`Operator::spawn_with`], logging in `log_format` (`plain` or `json`).
     pub fn spawn_logging(env: &Env, operator_namespace: &str, log_format: &str, extra: &[&str]) -> Operator {
-        let port = free_port();
-        let metrics_port = free_port();
-        let public_url = format!("http://127.0.0.1:{port}");
-        // Callback URLs are exact on the stand-in, as on Atlassian: register this operator's.
-        env.atlassian.add_callback(
-            testbed::atlassian::DEMO_CLIENT_ID,
-            &format!("{public_url}/oauth/callback"),
-        );
-        let log = env.dir.path().join(format!("operator-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_confluence-auth-operator"))
+        Self::spawn_scoped(env, operator_namespace, log_format, extra, Scope::TestNamespaces)
+    }
+
+    /// Starts the operator on ports it binds itself (port 0) and waits for its `listening` log
+    /// line, which names them.
+    pub fn spawn_scoped(
+        env: &Env,
+        operator_namespace: &str,
+        log_format: &str,
+        extra: &[&str],
+        scope: Scope,
+    ) -> Operator {
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = env.dir.path().join(format!("operator-{n}.log"));
+        let watched = env.test_namespaces().join(",");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_confluence-auth-operator"));
+        command
             .args(["--log-format", log_format, "run"])
-            .args(["--public-url", &public_url])
+            .args(["--public-url", "http://127.0.0.1:0"])
             .args(["--atlassian-auth-url", &env.atlassian.url()])
             .args(["--atlassian-api-url", &env.atlassian.url()])
             .args([
@@ -172,9 +270,21 @@ impl Operator {
                 &format!("{}/site/{{site}}/_edge/tenant_info", env.atlassian.url()),
             ])
             .args(["--atlassian-timeout", "2s"])
-            .args(["--webhook-addr", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--operator-namespace", operator_namespace])
+            .args(["--webhook-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--operator-namespace", operator_namespace]);
+        if !extra.contains(&"--lease-name") {
+            // Not the default name: a demo (tests/demo.rs) looks for that one cluster-wide.
+            command.args(["--lease-name", E2E_LEASE]);
+        }
+        if scope == Scope::TestNamespaces && !extra.contains(&"--namespaces") {
+            assert!(
+                !watched.is_empty(),
+                "create the test's namespaces before its operator: it watches only those"
+            );
+            command.args(["--namespaces", &watched]);
+        }
+        let child = command
             .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
             // The tests fire dozens of requests from one address in a second; the limiter stays
@@ -187,12 +297,37 @@ impl Operator {
             ))
             .spawn()
             .expect("the operator binary starts");
-        Operator {
+        let mut operator = Operator {
             child,
-            public_url,
-            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            public_url: String::new(),
+            metrics_url: String::new(),
             log,
-        }
+        };
+        // The operator binds before it talks to the cluster, so waiting here (blocking) does
+        // not hold up an in-process API server.
+        let deadline = std::time::Instant::now() + WAIT;
+        let (webhook, metrics) = loop {
+            if let Some(found) = listening_line(&operator.logs()) {
+                break found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator did not log its listening addresses; its log:\n{}",
+                operator.logs()
+            );
+            if let Ok(Some(exit)) = operator.child.try_wait() {
+                panic!("the operator exited ({exit}); its log:\n{}", operator.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        operator.public_url = format!("http://{webhook}");
+        operator.metrics_url = format!("http://{metrics}");
+        // Callback URLs are exact on the stand-in, as on Atlassian: register this operator's.
+        env.atlassian.add_callback(
+            testbed::atlassian::DEMO_CLIENT_ID,
+            &format!("{}/oauth/callback", operator.public_url),
+        );
+        operator
     }
 
     /// Everything the operator logged so far.
@@ -418,17 +553,35 @@ impl ConfirmForm {
     }
 }
 
-/// The operator's own namespace in the end-to-end tests.
+/// The operator's own namespace in the end-to-end tests on the testbed (see [`Env::operator_ns`]).
 pub const OPERATOR_NS: &str = "confluence-auth-system";
 
-/// A control plane, a running operator, and a fresh namespace for the test.
+/// A control plane, a fresh namespace for the test, and a running operator watching it.
 pub async fn with_operator(prefix: &str) -> (Env, Operator, String) {
     let env = Env::start().await;
-    env.ensure_namespace(OPERATOR_NS).await;
-    let operator = Operator::spawn(&env, OPERATOR_NS);
-    operator.ready().await;
+    env.ensure_namespace(&env.operator_ns).await;
     let ns = env.namespace(prefix).await;
+    let operator = Operator::spawn(&env, &env.operator_ns);
+    operator.ready().await;
     (env, operator, ns)
+}
+
+/// The `webhook` and `metrics` addresses of the operator's `listening` log line (JSON or plain).
+fn listening_line(log: &str) -> Option<(String, String)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening") && l.contains("webhook") && l.contains("metrics"))?;
+    let field = |key: &str| -> Option<String> {
+        let start = [format!("\"{key}\":\""), format!("{key}=")]
+            .iter()
+            .find_map(|marker| line.find(marker.as_str()).map(|i| i + marker.len()))?;
+        let addr: String = line[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect();
+        (!addr.is_empty()).then_some(addr)
+    };
+    Some((field("webhook")?, field("metrics")?))
 }
 
 impl Env {
