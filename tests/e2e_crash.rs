@@ -238,10 +238,26 @@ async fn sigkills_during_refreshes_lose_no_credential() {
         if pending.is_empty() {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no refresh after the leeway for {pending:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let mut why = Vec::new();
+            for name in &pending {
+                let status = users.get(name).await.ok().and_then(|u| u.status).map(|s| s.credential);
+                why.push(format!("{name}: {}", serde_json::to_string(&status).unwrap()));
+                let quoted = format!("\"{name}\"");
+                let lines: Vec<String> = operator
+                    .logs()
+                    .lines()
+                    .filter(|l| l.contains(&quoted))
+                    .map(String::from)
+                    .collect();
+                why.push(lines[lines.len().saturating_sub(15)..].join("\n"));
+            }
+            panic!(
+                "no refresh after the leeway for {pending:?} (reuse {:?}):\n{}",
+                env.atlassian.reuse_counters(),
+                why.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ready(&installations, "acme").await;
