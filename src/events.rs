@@ -40,6 +40,12 @@ pub mod reasons {
     pub const VAULT_UNREADABLE: &str = "VaultUnreadable";
     /// Recovery of [`VAULT_UNREADABLE`].
     pub const VAULT_READABLE: &str = "VaultReadable";
+    /// The vault Secret of a stored grant was deleted.
+    pub const VAULT_MISSING: &str = "VaultMissing";
+    /// Recovery of [`VAULT_MISSING`]: a new consent stored a new vault.
+    pub const VAULT_RESTORED: &str = "VaultRestored";
+    /// The token Secret was deleted or its data edited; it was rewritten from the vault.
+    pub const TOKEN_SECRET_RESTORED: &str = "TokenSecretRestored";
     /// A user auth's installation is missing or not Ready.
     pub const INSTALLATION_NOT_READY: &str = "InstallationNotReady";
     /// Recovery of [`INSTALLATION_NOT_READY`].
@@ -83,6 +89,7 @@ const READY_PROBLEMS: &[(&str, &str, &str)] = &[
         reasons::VAULT_UNREADABLE,
         reasons::VAULT_READABLE,
     ),
+    (reason::VAULT_MISSING, reasons::VAULT_MISSING, reasons::VAULT_RESTORED),
     (
         reason::REFRESH_FAILED,
         reasons::REFRESH_FAILED,

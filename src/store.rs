@@ -145,6 +145,43 @@ pub async fn write_tokens<K: CredentialResource>(
     Ok(())
 }
 
+/// How a token Secret differed from what the vault says it must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSecretDrift {
+    /// It was gone.
+    Deleted,
+    /// Its data (or type) was changed.
+    Edited,
+}
+
+/// Whether `owner`'s token Secret `name` differs from `data` (pods read only this Secret; the
+/// vault is the source of truth). A Secret under that name that `owner` does not control is not
+/// drift (the reconcile reports it as a `SecretConflict`).
+pub async fn token_secret_drift<K: CredentialResource>(
+    client: &Client,
+    owner: &K,
+    name: &str,
+    data: &BTreeMap<String, ByteString>,
+) -> Result<Option<TokenSecretDrift>, StoreError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+    Ok(match secrets.get_opt(name).await? {
+        None => Some(TokenSecretDrift::Deleted),
+        Some(current) if !owned_by(&current, owner) => None,
+        Some(current) if current.data.as_ref() == Some(data) && current.type_.as_deref() == Some(TOKEN_TYPE) => None,
+        Some(_) => Some(TokenSecretDrift::Edited),
+    })
+}
+
+/// Writes `owner`'s token Secret `name` with `data` (create, or replace one `owner` controls).
+pub async fn write_token_secret<K: CredentialResource>(
+    client: &Client,
+    owner: &K,
+    name: &str,
+    data: BTreeMap<String, ByteString>,
+) -> Result<(), StoreError> {
+    put_secret(client, owner, name, TOKEN_TYPE, data).await
+}
+
 /// The token Secret's data: what pods read. Never a refresh token.
 pub fn token_secret_data(tokens: &TokenSet, api_base_url: &str) -> BTreeMap<String, ByteString> {
     use secrecy::ExposeSecret;

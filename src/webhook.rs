@@ -228,8 +228,9 @@ struct StartQuery {
     nonce: Option<String>,
 }
 
-/// Parses a query; a garbled one yields the empty default (every field then reads as missing).
-fn parse_query<T: serde::de::DeserializeOwned + Default>(query: &str) -> T {
+/// Parses a query (the callback's, the start form's); a garbled one yields the empty default
+/// (every field then reads as missing), never a panic. Public for the property tests.
+pub fn parse_query<T: serde::de::DeserializeOwned + Default>(query: &str) -> T {
     query_pairs(query).unwrap_or_default()
 }
 

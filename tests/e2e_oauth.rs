@@ -225,6 +225,8 @@ async fn assert_no_secret_leaked(env: &Env, operator: &Operator, ns: &str, pages
             secret.kind
         );
     }
+    // The wider scan: client secrets and master keys too, in /metrics and every Event as well.
+    leaks::assert_no_leaks(env, &[operator], pages, OPERATOR_NS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

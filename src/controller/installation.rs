@@ -60,6 +60,7 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
             };
             lifecycle::keep_alive(&shared, &*cfi, tokens, &keep).await
         }
+        None if lifecycle::vault_lost(&*cfi) => lifecycle::vault_missing(&shared, &*cfi, true).await,
         None => {
             await_consent(
                 &shared,

@@ -94,6 +94,9 @@ pub async fn keep_alive<K: CredentialResource>(
             .unwrap_or_default();
         return revoked(shared, obj, keep, &tokens, &why).await;
     }
+    if refreshed.is_none() {
+        restore_token_secret(shared, obj, &tokens, keep).await?;
+    }
     let now = shared.ctx.clock.now();
     let jitter = Jitter::for_key(&uid);
     let facts = facts_of(obj, &tokens);
@@ -113,6 +116,117 @@ pub async fn keep_alive<K: CredentialResource>(
             Ok(Action::requeue(until(now, at)))
         }
     }
+}
+
+/// A deleted or edited token Secret is rewritten from the vault, with a Warning Event (the
+/// tamper suite, issue 10): pods never keep reading a forged or missing token.
+async fn restore_token_secret<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    tokens: &TokenSet,
+    keep: &Keep,
+) -> Result<(), ReconcileError> {
+    let api_base = shared.ctx.atlassian.api_base_url(&tokens.cloud_id);
+    let data = store::token_secret_data(tokens, &api_base);
+    let name = &keep.token_secret_name;
+    let client = &shared.ctx.client;
+    if store::token_secret_drift(client, obj, name, &data).await?.is_none() {
+        return Ok(());
+    }
+    // A callback storing a new grant writes the vault, then the token Secret: between the two
+    // the Secret lags behind the vault without anyone having touched it. Such a callback marks
+    // the object first (read fresh here: the cache may not have seen the mark yet), and once it
+    // is done the Secret matches again (so look twice).
+    let fresh: K = kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default())
+        .get(&obj.name_any())
+        .await?;
+    let now = shared.ctx.clock.now();
+    if fresh
+        .credential()
+        .and_then(|s| s.pending_authorization.as_ref())
+        .is_some_and(|p| p.expires_at.0 > now)
+    {
+        return Ok(());
+    }
+    let Some(drift) = store::token_secret_drift(client, obj, name, &data).await? else {
+        return Ok(());
+    };
+    store::write_token_secret(client, obj, name, data).await?;
+    let what = match drift {
+        store::TokenSecretDrift::Deleted => "was deleted",
+        store::TokenSecretDrift::Edited => "was edited",
+    };
+    tracing::warn!(kind = %K::kind(&()), namespace = ?obj.namespace(), name = %obj.name_any(), secret = %name, drift = what, "the token Secret differed from the vault; rewrote it");
+    let note = format!(
+        "the token Secret {name:?} {what}: it was rewritten from the vault (edit the resource, not its Secrets)"
+    );
+    shared
+        .events
+        .publish(
+            obj,
+            &crate::events::Transition {
+                warning: true,
+                reason: crate::events::reasons::TOKEN_SECRET_RESTORED,
+                note: crate::events::sentence(&note),
+            },
+        )
+        .await;
+    Ok(())
+}
+
+/// True when `obj`'s status says a grant was stored (or already that its vault went missing):
+/// with no vault Secret now, the vault was deleted, not never written.
+pub fn vault_lost<K: CredentialResource>(obj: &K) -> bool {
+    obj.credential().is_some_and(|s| {
+        conditions::is_true(&s.conditions, conditions::AUTHORIZED)
+            || conditions::find(&s.conditions, conditions::READY).is_some_and(|c| c.reason == reason::VAULT_MISSING)
+    })
+}
+
+/// The vault of a stored grant is gone, and the refresh token with it: phase
+/// `AwaitingAuthorization`, `Ready` and `Authorized` False with reason `VaultMissing` (an Event
+/// from the transition), and a new link when allowed. The token Secret keeps its token until it
+/// expires (like a revocation).
+pub async fn vault_missing<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    may_link: bool,
+) -> Result<Action, ReconcileError> {
+    let now = shared.ctx.clock.now();
+    let link = new_link(&shared.ctx, obj, now);
+    let why = format!(
+        "the vault Secret {:?} was deleted, and the grant's refresh token with it: open status.authorizationUrl to consent again (restoring the vault Secret from a backup also works)",
+        crate::validation::vault_secret_name(&obj.name_any())
+    );
+    let updated = write_status(shared, obj, |obj| {
+        let generation = obj.meta().generation;
+        let status = obj.credential_mut();
+        status.phase = Some(Phase::AwaitingAuthorization);
+        status.next_refresh_time = None;
+        status.observed_generation = generation;
+        for type_ in [conditions::READY, conditions::AUTHORIZED] {
+            conditions::set_condition(
+                &mut status.conditions,
+                type_,
+                false,
+                reason::VAULT_MISSING,
+                why.clone(),
+                generation,
+                now,
+            );
+        }
+        if may_link {
+            ensure_link(status, &link, now);
+        } else {
+            clear_link(status);
+        }
+    })
+    .await?;
+    let expires = updated
+        .credential()
+        .and_then(|s| s.authorization_expires_at.as_ref())
+        .map_or(now + jiff::SignedDuration::from_mins(5), |t| t.0);
+    Ok(Action::requeue(until(now, expires)))
 }
 
 fn facts_of<K: CredentialResource>(obj: &K, tokens: &TokenSet) -> Facts {

@@ -102,6 +102,9 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         );
     }
     let Some(tokens) = tokens else {
+        if lifecycle::vault_lost(&*cfua) {
+            return lifecycle::vault_missing(&shared, &*cfua, ready).await;
+        }
         let Some(cfi) = cfi.filter(|_| ready) else {
             // No grant and no Ready installation: no link until it is.
             write_status(&shared, &*cfua, |obj| {

@@ -29,6 +29,9 @@ pub mod reason {
     pub const TOKEN_VALID: &str = "TokenValid";
     /// The vault envelope could not be decrypted (tampered, moved, or its key is gone).
     pub const VAULT_UNREADABLE: &str = "VaultUnreadable";
+    /// The vault Secret of a stored grant is gone (deleted): the refresh token with it, so
+    /// someone must consent again.
+    pub const VAULT_MISSING: &str = "VaultMissing";
     /// The client id or client secret was rejected by Atlassian (a configuration error).
     pub const INVALID_CLIENT_CREDENTIALS: &str = "InvalidClientCredentials";
     /// The client secret Secret or key named by `clientSecretRef` is missing.

@@ -620,3 +620,28 @@ pub async fn ready<K: CredentialResource>(api: &Api<K>, name: &str) -> K {
     })
     .await
 }
+
+pub mod leaks;
+
+impl Operator {
+    /// The exit status once the process has ended (`None` while it runs).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits (up to [`WAIT`]) for the process to end by itself, and returns its status.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the operator kept running; its log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

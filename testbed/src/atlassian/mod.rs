@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{Counters, Endpoint, Fault};
-pub use tokens::{IssuedSecret, SecretKind};
+pub use tokens::{IssuedSecret, ReuseCounters, SecretKind};
 pub use world::{
     Account, ClientApp, DEMO_ADMIN_ACCOUNT_ID, DEMO_ADMIN_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
     DEMO_SERVICE_CLIENT_ID, DEMO_SERVICE_CLIENT_SECRET, DEMO_USER_ACCOUNT_ID, DEMO_USER_NAME, ServiceAccount, Site,
@@ -212,6 +212,11 @@ impl StandIn {
     /// Calls per endpoint and per `grant_type`.
     pub fn counters(&self) -> Counters {
         self.state().faults.counters()
+    }
+
+    /// How often superseded refresh tokens were sent again, within and after the leeway.
+    pub fn reuse_counters(&self) -> ReuseCounters {
+        self.state().tokens.reuse()
     }
 
     /// Every code, access token and refresh token issued so far.

@@ -186,6 +186,16 @@ pub struct TokenStore {
     /// order: each consent adds its one site, and every token of that pair sees them all (as
     /// accessible-resources does on Atlassian).
     authorized: HashMap<(String, String), Vec<String>>,
+    reuse: ReuseCounters,
+}
+
+/// How often a superseded refresh token was sent again (the crash suite's figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReuseCounters {
+    /// Within the 10-minute leeway: accepted, a new pair issued.
+    pub within_leeway: u64,
+    /// After it: refused, and the whole family revoked.
+    pub after_leeway: u64,
 }
 
 /// `ts` plus `secs` seconds, saturating.
@@ -207,6 +217,11 @@ pub fn s256_challenge(verifier: &str) -> String {
 }
 
 impl TokenStore {
+    /// Reuses of superseded refresh tokens so far.
+    pub fn reuse(&self) -> ReuseCounters {
+        self.reuse
+    }
+
     /// Every secret issued so far, oldest first.
     pub fn issued(&self) -> &[IssuedSecret] {
         &self.issued
@@ -353,12 +368,14 @@ impl TokenStore {
         {
             return Err(REFUSED);
         }
-        if let Some(superseded) = entry.superseded_at
-            && now > after(superseded, REUSE_LEEWAY_SECS)
-        {
-            // Reuse after the leeway: the whole family dies.
-            family.revoked = true;
-            return Err(REFUSED);
+        if let Some(superseded) = entry.superseded_at {
+            if now > after(superseded, REUSE_LEEWAY_SECS) {
+                // Reuse after the leeway: the whole family dies.
+                family.revoked = true;
+                self.reuse.after_leeway += 1;
+                return Err(REFUSED);
+            }
+            self.reuse.within_leeway += 1;
         }
         // Supersede every live refresh token of the family, and retire its access tokens
         // after the leeway.
@@ -549,10 +566,24 @@ mod tests {
         let inside = after(t0(), REUSE_LEEWAY_SECS);
         let g3 = s.refresh(inside, "app", &rt1, 3600).unwrap();
         let rt3 = g3.refresh_token.unwrap();
+        assert_eq!(
+            s.reuse(),
+            ReuseCounters {
+                within_leeway: 1,
+                after_leeway: 0
+            }
+        );
         // rt1 after the leeway: the whole family dies.
         let outside = after(t0(), REUSE_LEEWAY_SECS + 1);
         assert_eq!(s.refresh(outside, "app", &rt1, 3600), REFUSED);
         assert_eq!(s.refresh(outside, "app", &rt3, 3600), REFUSED);
+        assert_eq!(
+            s.reuse(),
+            ReuseCounters {
+                within_leeway: 1,
+                after_leeway: 1
+            }
+        );
         assert_eq!(s.authenticate(outside, &g3.access_token), Err(AccessError::Revoked));
         let _ = rt2;
     }
