@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's own lines are the story; the operator's INFO lines only with `--operator-logs`.
     let default_filter = match &cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) if !args.operator_logs => "warn",
         _ => "info",
     };
