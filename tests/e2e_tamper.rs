@@ -145,9 +145,9 @@ fn arbitrary_queries(n: usize) -> Vec<String> {
 async fn tampering_and_loss_are_detected_reported_and_repaired() {
     let env = Env::start().await;
     env.ensure_namespace(OPERATOR_NS).await;
+    let ns = env.namespace("tamper").await;
     let mut operator = spawn(&env);
     operator.ready().await;
-    let ns = env.namespace("tamper").await;
     let client = env.client.clone();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let keys_api: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NS);
@@ -327,7 +327,7 @@ async fn tampering_and_loss_are_detected_reported_and_repaired() {
     keys_api.delete(KEYS, &DeleteParams::default()).await.unwrap();
     operator.stop();
     old_logs.push(operator.logs());
-    operator = spawn(&env);
+    operator = Operator::spawn_expecting_refusal(&env, OPERATOR_NS, &["--lease-duration", "6s"]);
     let status = operator.wait_exit().await;
     assert!(!status.success(), "{status}");
     let log = operator.logs();

@@ -55,7 +55,13 @@ fn shell_words_are_split_as_a_shell_splits_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_then_steps_work_as_written() {
-    let (env, operator, _ns) = with_operator("readme").await;
+    let env = Env::start().await;
+    env.ensure_namespace(&env.operator_ns).await;
+    // The README's own namespace, created by its first step: the operator watches it (and only
+    // it) before it exists, as one installed for `my-app` would.
+    env.delete_on_drop("my-app");
+    let operator = Operator::spawn_with(&env, &env.operator_ns, &["--namespaces", "my-app"]);
+    operator.ready().await;
     let commands = then_commands();
     assert!(commands.len() >= 4, "{commands:?}");
     let mut printed = String::new();

@@ -255,6 +255,18 @@ impl Operator {
         extra: &[&str],
         scope: Scope,
     ) -> Operator {
+        let mut operator = Self::start_process(env, operator_namespace, log_format, extra, scope);
+        operator.await_listening(env);
+        operator
+    }
+
+    /// Starts an operator that is expected to refuse to start (no `listening` line is awaited):
+    /// follow with [`Operator::wait_exit`].
+    pub fn spawn_expecting_refusal(env: &Env, operator_namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_process(env, operator_namespace, "json", extra, Scope::TestNamespaces)
+    }
+
+    fn start_process(env: &Env, operator_namespace: &str, log_format: &str, extra: &[&str], scope: Scope) -> Operator {
         static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = env.dir.path().join(format!("operator-{n}.log"));
@@ -297,12 +309,16 @@ impl Operator {
             ))
             .spawn()
             .expect("the operator binary starts");
-        let mut operator = Operator {
+        Operator {
             child,
             public_url: String::new(),
             metrics_url: String::new(),
             log,
-        };
+        }
+    }
+
+    fn await_listening(&mut self, env: &Env) {
+        let operator = self;
         // The operator binds before it talks to the cluster, so waiting here (blocking) does
         // not hold up an in-process API server.
         let deadline = std::time::Instant::now() + WAIT;
@@ -327,7 +343,6 @@ impl Operator {
             testbed::atlassian::DEMO_CLIENT_ID,
             &format!("{}/oauth/callback", operator.public_url),
         );
-        operator
     }
 
     /// Everything the operator logged so far.
