@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use confluence_auth_operator::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use support::*;
@@ -48,18 +47,6 @@ fn random_delay(max: Duration) -> Duration {
 
 fn leading(metrics: &str) -> bool {
     metrics.lines().any(|l| l.trim() == "confluence_auth_leader 1")
-}
-
-async fn create_user(client: &Client, ns: &str, name: &str) {
-    let api: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), ns);
-    let obj: ConfluenceUserAuth = serde_json::from_value(json!({
-        "apiVersion": "confluence-auth.dev/v1alpha1",
-        "kind": "ConfluenceUserAuth",
-        "metadata": {"name": name},
-        "spec": {"installationRef": {"name": "acme"}, "userId": format!("user_{name}")},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
 }
 
 async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) {

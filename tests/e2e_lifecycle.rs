@@ -95,19 +95,6 @@ async fn installation(client: &Client, ns: &str, refresh_before: &str, health: &
     .await
 }
 
-async fn create_user(client: &Client, ns: &str, name: &str) -> Api<ConfluenceUserAuth> {
-    let api: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), ns);
-    let obj: ConfluenceUserAuth = serde_json::from_value(json!({
-        "apiVersion": "confluence-auth.dev/v1alpha1",
-        "kind": "ConfluenceUserAuth",
-        "metadata": {"name": name},
-        "spec": {"installationRef": {"name": "acme"}, "userId": format!("user_{name}")},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-    api
-}
-
 /// Opens the current link as `account` and waits for Ready.
 async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) -> K {
     let link = link_of(api, name).await;

@@ -31,7 +31,6 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use proptest::strategy::{Strategy, ValueTree};
-use serde_json::json;
 use support::*;
 use testbed::atlassian::Account;
 
@@ -40,18 +39,6 @@ const ACME: &str = "acme.atlassian.net";
 
 fn spawn(env: &Env) -> Operator {
     Operator::spawn_with(env, OPERATOR_NS, &["--lease-duration", "6s"])
-}
-
-async fn create_user(client: &Client, ns: &str, name: &str) {
-    let api: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), ns);
-    let obj: ConfluenceUserAuth = serde_json::from_value(json!({
-        "apiVersion": "confluence-auth.dev/v1alpha1",
-        "kind": "ConfluenceUserAuth",
-        "metadata": {"name": name},
-        "spec": {"installationRef": {"name": "acme"}, "userId": format!("user_{name}")},
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
 }
 
 /// A stand-in account with access to acme (one Atlassian account per user auth).

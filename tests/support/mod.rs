@@ -660,3 +660,21 @@ impl Operator {
         }
     }
 }
+
+/// Creates the user auth `name` (user id `user_<name>`) in installation `acme` of `ns`.
+pub async fn create_user(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Api<confluence_auth_operator::crd::ConfluenceUserAuth> {
+    let api = Api::namespaced(client.clone(), ns);
+    let obj = serde_json::from_value(serde_json::json!({
+        "apiVersion": "confluence-auth.dev/v1alpha1",
+        "kind": "ConfluenceUserAuth",
+        "metadata": {"name": name},
+        "spec": {"installationRef": {"name": "acme"}, "userId": format!("user_{name}")},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    api
+}
