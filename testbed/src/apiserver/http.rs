@@ -44,6 +44,8 @@ pub struct Shared {
     pub faults: Faults,
     /// Every request so far.
     pub log: Mutex<Vec<RequestRecord>>,
+    /// Requests by verb and resource.
+    pub counts: super::counts::Counter,
     /// Where the server listens (for discovery's serverAddress).
     pub address: String,
     /// ServiceAccount tokens issued so far.
@@ -262,6 +264,9 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
             });
         }
     };
+    call.shared
+        .counts
+        .count(verb, &target.resource.plural, target.subresource.as_deref());
     if let Some(code) = call.shared.faults.take(verb, &target.resource.plural) {
         return Err(injected(code));
     }

@@ -6,6 +6,7 @@
 //! made (patch: strategic merge and apply act as merge patches) and listed in the README.
 
 mod builtin_table;
+mod counts;
 mod faults;
 mod http;
 mod patch;
@@ -25,6 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
+pub use counts::{RequestCounts, WRITE_VERBS};
 pub use faults::Faults;
 pub use http::RequestRecord;
 
@@ -74,6 +76,7 @@ impl ApiServer {
             store: store::Store::new(options.history_limit, options.history_window),
             faults: Faults::default(),
             log: Mutex::new(Vec::new()),
+            counts: counts::Counter::default(),
             address: addr.to_string(),
             tokens: tokens::Tokens::default(),
         });
@@ -131,6 +134,11 @@ impl ApiServer {
         self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Requests so far, by verb and resource (see [`RequestCounts`]).
+    pub fn request_counts(&self) -> RequestCounts {
+        self.shared.counts.snapshot()
+    }
+
     /// Changes the retained watch history (older watches then get 410 Gone).
     pub fn set_history_limit(&self, limit: usize) {
         self.shared.store.set_history_limit(limit);
@@ -160,5 +168,58 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_are_counted_by_verb_and_resource() {
+        let server = ApiServer::start().await.unwrap();
+        let http = reqwest::Client::new();
+        let url = server.url();
+        let before = server.request_counts();
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "counted"}});
+        let created = http
+            .post(format!("{url}/api/v1/namespaces"))
+            .json(&ns)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}});
+        let secrets = format!("{url}/api/v1/namespaces/counted/secrets");
+        assert_eq!(http.post(&secrets).json(&secret).send().await.unwrap().status(), 201);
+        assert_eq!(
+            http.put(format!("{secrets}/s"))
+                .json(&secret)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(http.get(format!("{secrets}/s")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            http.get(format!("{secrets}/missing")).send().await.unwrap().status(),
+            404
+        );
+        assert_eq!(http.get(&secrets).send().await.unwrap().status(), 200);
+        // Discovery is not a resource request.
+        assert_eq!(http.get(format!("{url}/api/v1")).send().await.unwrap().status(), 200);
+        let counts = server.request_counts().since(&before);
+        assert_eq!(
+            counts.iter().collect::<Vec<_>>(),
+            vec![
+                ("create", "namespaces", 1),
+                ("create", "secrets", 1),
+                ("get", "secrets", 2),
+                ("list", "secrets", 1),
+                ("update", "secrets", 1),
+            ]
+        );
+        assert_eq!(counts.writes(|r| r == "secrets"), 2);
     }
 }
