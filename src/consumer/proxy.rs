@@ -94,11 +94,27 @@ impl TokenDir {
     /// symlink names and swaps that symlink atomically; resolving `..data` once and reading
     /// every key from its target keeps token, expiry and base URL from one version.
     pub async fn read(&self, now: Timestamp) -> Result<Token, TokenError> {
+        // One trip to the blocking pool for the whole read: `tokio::fs` makes one per file
+        // (four per request), which cost the proxy more CPU and tail latency than forwarding
+        // (BENCHMARKS.md, "Proxy and gateway overhead").
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_blocking(now))
+            .await
+            .unwrap_or_else(|e| {
+                Err(TokenError::Unreadable {
+                    dir: self.dir.display().to_string(),
+                    key: "access_token",
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    fn read_blocking(&self, now: Timestamp) -> Result<Token, TokenError> {
         // A swap can remove the old version between resolving `..data` and reading it: retry.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.read_once(now).await {
+            match self.read_once(now) {
                 Err(TokenError::Unreadable { source, .. })
                     if attempt < 3
                         && source.kind() == std::io::ErrorKind::NotFound
@@ -108,21 +124,20 @@ impl TokenDir {
         }
     }
 
-    async fn read_once(&self, now: Timestamp) -> Result<Token, TokenError> {
-        let base = match tokio::fs::read_link(self.dir.join("..data")).await {
+    fn read_once(&self, now: Timestamp) -> Result<Token, TokenError> {
+        let base = match std::fs::read_link(self.dir.join("..data")) {
             Ok(target) => self.dir.join(target),
             Err(_) => self.dir.clone(),
         };
-        let access_token = self.key(&base, "access_token").await?;
+        let access_token = self.key(&base, "access_token")?;
         if access_token.is_empty() {
             return Err(self.invalid("access_token", "it is empty".into()));
         }
         let expires_at: Timestamp = self
-            .key(&base, "expires_at")
-            .await?
+            .key(&base, "expires_at")?
             .parse()
             .map_err(|e: jiff::Error| self.invalid("expires_at", format!("not an RFC 3339 time: {e}")))?;
-        let api_base_url = self.key(&base, "api_base_url").await?;
+        let api_base_url = self.key(&base, "api_base_url")?;
         let parsed = url::Url::parse(&api_base_url).map_err(|e| self.invalid("api_base_url", e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(self.invalid("api_base_url", "not an http(s) URL".into()));
@@ -140,14 +155,12 @@ impl TokenDir {
         })
     }
 
-    async fn key(&self, base: &Path, key: &'static str) -> Result<String, TokenError> {
-        let text = tokio::fs::read_to_string(base.join(key))
-            .await
-            .map_err(|source| TokenError::Unreadable {
-                dir: self.dir.display().to_string(),
-                key,
-                source,
-            })?;
+    fn key(&self, base: &Path, key: &'static str) -> Result<String, TokenError> {
+        let text = std::fs::read_to_string(base.join(key)).map_err(|source| TokenError::Unreadable {
+            dir: self.dir.display().to_string(),
+            key,
+            source,
+        })?;
         Ok(text.trim().to_string())
     }
 
