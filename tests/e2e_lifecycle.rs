@@ -65,36 +65,6 @@ async fn start(prefix: &str, flags: &[&str]) -> (Env, Operator, String) {
     (env, operator, ns)
 }
 
-async fn create_installation(client: &Client, ns: &str, spec: serde_json::Value) -> Api<ConfluenceInstallation> {
-    let api: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), ns);
-    let obj: ConfluenceInstallation = serde_json::from_value(json!({
-        "apiVersion": "confluence-auth.dev/v1alpha1",
-        "kind": "ConfluenceInstallation",
-        "metadata": {"name": "acme"},
-        "spec": spec,
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-    api
-}
-
-/// A 3LO installation with these durations.
-async fn installation(client: &Client, ns: &str, refresh_before: &str, health: &str) -> Api<ConfluenceInstallation> {
-    create_installation(
-        client,
-        ns,
-        json!({
-            "clientId": CLIENT_ID,
-            "clientSecretRef": {"name": "atlassian-app", "key": "client-secret"},
-            "scopes": ["offline_access", "read:me", "read:confluence-content.all"],
-            "site": ACME,
-            "refreshBefore": refresh_before,
-            "healthCheckInterval": health,
-        }),
-    )
-    .await
-}
-
 /// Opens the current link as `account` and waits for Ready.
 async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) -> K {
     let link = link_of(api, name).await;
