@@ -219,6 +219,10 @@ pub struct RunArgs {
     /// leader dies.
     #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: std::time::Duration,
+    /// How long SIGTERM waits for the refreshes in flight before the process exits anyway: keep
+    /// it below the pod's `terminationGracePeriodSeconds` (the chart sets it 5 s below).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
     /// Test only: follow the clock of the Atlassian stand-in at this URL (`{"now": RFC 3339}`)
     /// instead of the system clock.
     #[arg(long, env = "CLOCK_URL", hide = true)]

@@ -108,6 +108,7 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         webhook_header_timeout: Duration::from_secs(10),
         lease_name: LEASE_NAME.into(),
         lease_duration: Duration::from_secs(15),
+        shutdown_timeout: Duration::from_secs(25),
         clock_url: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -240,7 +240,7 @@ pub async fn run(
         ("OAuth web server", web),
         ("metrics server", metrics_server),
     ];
-    supervise(tasks, shutdown, move || {
+    supervise(tasks, shutdown, args.shutdown_timeout, move || {
         let _ = stop_tx.send(());
     })
     .await
@@ -252,11 +252,14 @@ const METRICS_MAX_CONNECTIONS: usize = 64;
 const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Waits for `shutdown` or for any of `tasks` to end, whichever comes first, then calls `stop`
-/// and waits for the tasks. A task that ends (returns, panics or is cancelled) before
-/// `shutdown` is an error naming it: the caller exits non-zero rather than run on without it.
+/// and waits for the tasks (after a `shutdown`, at most `grace`: the pod's grace period ends in
+/// SIGKILL anyway, and exiting first lets the process say so). A task that ends (returns,
+/// panics or is cancelled) before `shutdown` is an error naming it: the caller exits non-zero
+/// rather than run on without it.
 pub async fn supervise(
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
     shutdown: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
     stop: impl FnOnce(),
 ) -> Result<(), StartError> {
     let (names, handles): (Vec<&'static str>, Vec<_>) = tasks.into_iter().unzip();
@@ -274,8 +277,15 @@ pub async fn supervise(
     stop();
     match ended {
         None => {
-            tracing::info!("shutting down");
-            let _ = futures::future::join_all(any_ended.into_inner()).await;
+            tracing::info!(grace = ?grace, "shutting down: finishing the reconciles in flight");
+            if tokio::time::timeout(grace, futures::future::join_all(any_ended.into_inner()))
+                .await
+                .is_err()
+            {
+                // A refresh cut off here is the crash window of DESIGN.md step 4: the next
+                // leader sends the previous refresh token again, within Atlassian's leeway.
+                tracing::warn!(grace = ?grace, "the reconciles in flight did not finish within --shutdown-timeout; exiting anyway");
+            }
             Ok(())
         }
         Some((result, index, rest)) => {
@@ -445,8 +455,12 @@ async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use super::*;
+
+    /// The shutdown grace period in these tests.
+    const GRACE: Duration = Duration::from_secs(25);
 
     fn flag() -> (Arc<AtomicBool>, impl FnOnce()) {
         let flag = Arc::new(AtomicBool::new(false));
@@ -489,6 +503,7 @@ mod tests {
         let result = supervise(
             vec![("controllers", panicking), ("web server", other)],
             std::future::pending(),
+            GRACE,
             move || {
                 let _ = stop_tx.send(());
             },
@@ -512,6 +527,7 @@ mod tests {
         let result = supervise(
             vec![("web server", other), ("controllers", returning)],
             std::future::pending(),
+            GRACE,
             move || {
                 stop();
                 let _ = stop_tx.send(());
@@ -542,12 +558,31 @@ mod tests {
             ("controllers", until_stopped(&stop_tx)),
             ("web server", until_stopped(&stop_tx)),
         ];
-        let result = supervise(tasks, std::future::ready(()), move || {
+        let result = supervise(tasks, std::future::ready(()), GRACE, move || {
             stop();
             let _ = stop_tx.send(());
         })
         .await;
         assert!(result.is_ok());
         assert!(stopped.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_waits_for_work_in_flight_at_most_the_grace_period() {
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        // A reconcile that finishes 3 s after the stop, and one stuck far longer.
+        let finishing = tokio::spawn(async { tokio::time::sleep(Duration::from_secs(3)).await });
+        let stuck = tokio::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
+        let started = tokio::time::Instant::now();
+        let result = supervise(vec![("controllers", finishing)], std::future::ready(()), GRACE, || {}).await;
+        assert!(result.is_ok());
+        assert_eq!(started.elapsed().as_secs(), 3, "waited for the reconcile in flight");
+        let started = tokio::time::Instant::now();
+        let result = supervise(vec![("controllers", stuck)], std::future::ready(()), GRACE, move || {
+            let _ = stop_tx.send(());
+        })
+        .await;
+        assert!(result.is_ok(), "a shutdown past the grace period is still a clean exit");
+        assert_eq!(started.elapsed(), GRACE);
     }
 }

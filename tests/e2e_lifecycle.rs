@@ -65,36 +65,6 @@ async fn start(prefix: &str, flags: &[&str]) -> (Env, Operator, String) {
     (env, operator, ns)
 }
 
-async fn create_installation(client: &Client, ns: &str, spec: serde_json::Value) -> Api<ConfluenceInstallation> {
-    let api: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), ns);
-    let obj: ConfluenceInstallation = serde_json::from_value(json!({
-        "apiVersion": "confluence-auth.dev/v1alpha1",
-        "kind": "ConfluenceInstallation",
-        "metadata": {"name": "acme"},
-        "spec": spec,
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-    api
-}
-
-/// A 3LO installation with these durations.
-async fn installation(client: &Client, ns: &str, refresh_before: &str, health: &str) -> Api<ConfluenceInstallation> {
-    create_installation(
-        client,
-        ns,
-        json!({
-            "clientId": CLIENT_ID,
-            "clientSecretRef": {"name": "atlassian-app", "key": "client-secret"},
-            "scopes": ["offline_access", "read:me", "read:confluence-content.all"],
-            "site": ACME,
-            "refreshBefore": refresh_before,
-            "healthCheckInterval": health,
-        }),
-    )
-    .await
-}
-
 /// Opens the current link as `account` and waits for Ready.
 async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) -> K {
     let link = link_of(api, name).await;
@@ -584,14 +554,16 @@ async fn users_keep_refreshing_without_their_installation_and_deletion_cleans_up
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_refreshes_exactly_what_is_due() {
+    const HALF: usize = 100;
     let (env, mut operator, ns) = start("restart", &[]).await;
     let installations = installation(&env.client, &ns, "10s", "24h").await;
     env.atlassian.set_access_token_lifetime(Duration::from_secs(600));
     consent(&env, &installations, "acme", ADA).await;
     let users: Api<ConfluenceUserAuth> = Api::namespaced(env.client.clone(), &ns);
-    // 25 long-lived (refresh due in ~10 minutes) and 25 short-lived (due within ~30 s).
-    for i in 0..50 {
-        if i == 25 {
+    // 100 long-lived (refresh due in ~10 minutes) and 100 short-lived (due within ~30 s), and
+    // the installation: 201 Ready resources (issue 8, acceptance 6).
+    for i in 0..2 * HALF {
+        if i == HALF {
             env.atlassian.set_access_token_lifetime(Duration::from_secs(45));
         }
         let name = format!("u{i}");
@@ -617,7 +589,7 @@ async fn a_restart_refreshes_exactly_what_is_due() {
     let calls_before = env.atlassian.counters().grants("refresh_token");
     let mut operator = Operator::spawn_with(&env, &env.operator_ns, &["--lease-duration", "6s"]);
     operator.ready().await;
-    let short: Vec<String> = (25..50).map(|i| format!("u{i}")).collect();
+    let short: Vec<String> = (HALF..2 * HALF).map(|i| format!("u{i}")).collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut last = stopped.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -644,7 +616,7 @@ async fn a_restart_refreshes_exactly_what_is_due() {
             *seen.entry(name).or_default() += 1;
         }
     }
-    for i in 0..25 {
+    for i in 0..HALF {
         assert!(
             !seen.contains_key(&format!("u{i}")),
             "u{i} was refreshed although not due"

@@ -10,7 +10,6 @@
 //! the usernames on `--allow`. The caller's token is never forwarded.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +18,6 @@ use futures::StreamExt as _;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
@@ -31,7 +29,7 @@ use secrecy::SecretString;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 
-use super::proxy::{ProxyBody, Token, escapes_base, forward, local_answer, upstream_client};
+use super::proxy::{ProxyBody, Token, escapes_base, forward, local_answer, serve_http1, upstream_client};
 use crate::config::GatewayArgs;
 use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, CredentialStatus, Phase};
 
@@ -346,32 +344,11 @@ fn percent_decode(text: &str) -> String {
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, gateway: Gateway, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
+    serve_http1(listener, shutdown, move |req| {
         let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
+        async move { gateway.handle(req).await }
+    })
+    .await
 }
 
 /// `confluence-auth-operator gateway`.

@@ -319,6 +319,20 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let client = upstream_client();
     let dir = TokenDir::new(token_dir);
+    serve_http1(listener, shutdown, move |req| handle(client.clone(), dir.clone(), req)).await
+}
+
+/// Answers each HTTP/1 connection on `listener` with `handle` until `shutdown` resolves (the
+/// proxy's and the gateway's server: bodies stream both ways, so no body deadline).
+pub(crate) async fn serve_http1<H, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    handle: H,
+) -> std::io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -331,11 +345,11 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let (client, dir) = (client.clone(), dir.clone());
+        let handle = handle.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (client, dir) = (client.clone(), dir.clone());
-                async move { Ok::<_, Infallible>(handle(client, dir, req).await) }
+                let answer = handle(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -192,30 +192,63 @@ pub async fn vault_missing<K: CredentialResource>(
     obj: &K,
     may_link: bool,
 ) -> Result<Action, ReconcileError> {
-    let now = shared.ctx.clock.now();
-    let link = new_link(&shared.ctx, obj, now);
     let why = format!(
         "the vault Secret {:?} was deleted, and the grant's refresh token with it: open status.authorizationUrl to consent again (restoring the vault Secret from a backup also works)",
         crate::validation::vault_secret_name(&obj.name_any())
     );
+    let consent = NeedsConsent {
+        phase: Phase::AwaitingAuthorization,
+        reason: reason::VAULT_MISSING,
+        why,
+        may_link,
+        access_token_expires_at: None,
+    };
+    needs_consent(shared, obj, consent, jiff::SignedDuration::from_mins(5)).await
+}
+
+/// What a resource that needs a new consent reports.
+struct NeedsConsent {
+    phase: Phase,
+    /// Reason of `Ready` and `Authorized` (both False).
+    reason: &'static str,
+    why: String,
+    /// False: no new link (a user whose installation is not Ready).
+    may_link: bool,
+    /// The token Secret's token, which keeps working until then.
+    access_token_expires_at: Option<Timestamp>,
+}
+
+/// Writes `consent` (a new link when allowed) and comes back when the link expires, or after
+/// `no_link` without one.
+async fn needs_consent<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    consent: NeedsConsent,
+    no_link: jiff::SignedDuration,
+) -> Result<Action, ReconcileError> {
+    let now = shared.ctx.clock.now();
+    let link = new_link(&shared.ctx, obj, now);
     let updated = write_status(shared, obj, |obj| {
         let generation = obj.meta().generation;
         let status = obj.credential_mut();
-        status.phase = Some(Phase::AwaitingAuthorization);
+        status.phase = Some(consent.phase);
         status.next_refresh_time = None;
+        if let Some(expires) = consent.access_token_expires_at {
+            status.access_token_expires_at = Some(Time(expires));
+        }
         status.observed_generation = generation;
         for type_ in [conditions::READY, conditions::AUTHORIZED] {
             conditions::set_condition(
                 &mut status.conditions,
                 type_,
                 false,
-                reason::VAULT_MISSING,
-                why.clone(),
+                consent.reason,
+                consent.why.clone(),
                 generation,
                 now,
             );
         }
-        if may_link {
+        if consent.may_link {
             ensure_link(status, &link, now);
         } else {
             clear_link(status);
@@ -225,7 +258,7 @@ pub async fn vault_missing<K: CredentialResource>(
     let expires = updated
         .credential()
         .and_then(|s| s.authorization_expires_at.as_ref())
-        .map_or(now + jiff::SignedDuration::from_mins(5), |t| t.0);
+        .map_or(now + no_link, |t| t.0);
     Ok(Action::requeue(until(now, expires)))
 }
 
@@ -676,46 +709,12 @@ async fn revoked_with<K: CredentialResource>(
     reason: &'static str,
     why: &str,
 ) -> Result<Action, ReconcileError> {
-    let now = shared.ctx.clock.now();
-    let link = new_link(&shared.ctx, obj, now);
-    let may_link = keep.may_link;
-    let why = why.to_string();
-    let expires = tokens.expires_at;
-    let updated = write_status(shared, obj, |obj| {
-        let generation = obj.meta().generation;
-        let status = obj.credential_mut();
-        status.phase = Some(Phase::Revoked);
-        status.next_refresh_time = None;
-        status.access_token_expires_at = Some(Time(expires));
-        status.observed_generation = generation;
-        conditions::set_condition(
-            &mut status.conditions,
-            conditions::READY,
-            false,
-            reason,
-            why.clone(),
-            generation,
-            now,
-        );
-        conditions::set_condition(
-            &mut status.conditions,
-            conditions::AUTHORIZED,
-            false,
-            reason,
-            why.clone(),
-            generation,
-            now,
-        );
-        if may_link {
-            ensure_link(status, &link, now);
-        } else {
-            clear_link(status);
-        }
-    })
-    .await?;
-    let expires = updated
-        .credential()
-        .and_then(|s| s.authorization_expires_at.as_ref())
-        .map_or(now + jiff::SignedDuration::from_hours(1), |t| t.0);
-    Ok(Action::requeue(until(now, expires)))
+    let consent = NeedsConsent {
+        phase: Phase::Revoked,
+        reason,
+        why: why.to_string(),
+        may_link: keep.may_link,
+        access_token_expires_at: Some(tokens.expires_at),
+    };
+    needs_consent(shared, obj, consent, jiff::SignedDuration::from_hours(1)).await
 }

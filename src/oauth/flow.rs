@@ -485,20 +485,9 @@ async fn grant_installation(ctx: &Context, flow: &state::FlowState, code: &str) 
     validation::pinned_site_allowed(&policy, &ctx.allowed_site_suffixes).map_err(|e| invalid_spec(&e))?;
     let credentials = credentials_of(ctx, &cfi).await?;
     let tokens = exchange(ctx, &credentials, code, flow).await?;
-    let resources = ctx
-        .atlassian
-        .accessible_resources(&tokens.access_token)
-        .await
-        .map_err(atlassian_page)?;
-    let site = refuse(ctx, &cfi, grant::choose_site(&resources, policy.site_host.as_deref()))
-        .await?
-        .clone();
-    let identity = identity(ctx, &tokens, &site).await?;
-    refuse(
-        ctx,
-        &cfi,
-        grant::require_account(cfi.spec.expected_account_id.as_deref(), &identity.account_id),
-    )
+    let (site, identity) = consenting_account(ctx, &cfi, &tokens, cfi.spec.expected_account_id.as_deref(), |sites| {
+        grant::choose_site(sites, policy.site_host.as_deref())
+    })
     .await?;
     let set = token_set(ctx, &tokens, &site, &identity, None);
     commit::<ConfluenceInstallation>(ctx, flow, &set, &policy.token_secret_name, &site, &identity, |_| {}).await?;
@@ -522,20 +511,9 @@ async fn grant_user(ctx: &Context, flow: &state::FlowState, code: &str) -> Resul
     let (cloud_id, site_url) = installation_site(&cfi)?;
     let credentials = credentials_of(ctx, &cfi).await?;
     let tokens = exchange(ctx, &credentials, code, flow).await?;
-    let resources = ctx
-        .atlassian
-        .accessible_resources(&tokens.access_token)
-        .await
-        .map_err(atlassian_page)?;
-    let site = refuse(ctx, &cfua, grant::require_site(&resources, &cloud_id, &site_url))
-        .await?
-        .clone();
-    let identity = identity(ctx, &tokens, &site).await?;
-    refuse(
-        ctx,
-        &cfua,
-        grant::require_account(cfua.spec.expected_account_id.as_deref(), &identity.account_id),
-    )
+    let (site, identity) = consenting_account(ctx, &cfua, &tokens, cfua.spec.expected_account_id.as_deref(), |sites| {
+        grant::require_site(sites, &cloud_id, &site_url)
+    })
     .await?;
     // One account per installation, across every replica: the claim is an atomic create.
     let claimed = match claim::claim(&ctx.client, &cfua, &identity.account_id).await {
@@ -591,6 +569,26 @@ async fn exchange(
     grant::require_offline_access(tokens.refresh_token.is_some(), &tokens.scopes())
         .map_err(|e| Page::new(400, "no_offline_access", "Authorization not usable", e.to_string()))?;
     Ok(tokens)
+}
+
+/// The site the new grant reaches (picked by `site`) and the account that consented, which
+/// must be `expected` when the spec names one; a refusal is recorded on `obj`.
+async fn consenting_account<K: CredentialResource>(
+    ctx: &Context,
+    obj: &K,
+    tokens: &TokenResponse,
+    expected: Option<&str>,
+    site: impl FnOnce(&[AccessibleResource]) -> Result<&AccessibleResource, GrantError>,
+) -> Result<(AccessibleResource, Identity), Page> {
+    let resources = ctx
+        .atlassian
+        .accessible_resources(&tokens.access_token)
+        .await
+        .map_err(atlassian_page)?;
+    let site = refuse(ctx, obj, site(&resources)).await?.clone();
+    let identity = identity(ctx, tokens, &site).await?;
+    refuse(ctx, obj, grant::require_account(expected, &identity.account_id)).await?;
+    Ok((site, identity))
 }
 
 async fn identity(ctx: &Context, tokens: &TokenResponse, site: &AccessibleResource) -> Result<Identity, Page> {

@@ -214,6 +214,15 @@ def test_the_pod_is_hardened() -> None:
     assert pod["terminationGracePeriodSeconds"] == 30
 
 
+def test_the_operator_exits_before_the_grace_period_ends() -> None:
+    # SIGTERM finishes the refreshes in flight, but exits 5 s before the kubelet's SIGKILL.
+    assert env(objects())["SHUTDOWN_TIMEOUT"] == "25s"
+    longer = objects({"terminationGracePeriodSeconds": 120})
+    assert one(longer, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    assert env(longer)["SHUTDOWN_TIMEOUT"] == "115s"
+    assert env(objects({"terminationGracePeriodSeconds": 3}))["SHUTDOWN_TIMEOUT"] == "1s"
+
+
 def test_probes_and_resources() -> None:
     docs = objects()
     c = container(docs)

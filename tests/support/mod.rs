@@ -367,11 +367,16 @@ impl Operator {
 }
 
 impl Operator {
-    /// Stops the process cleanly (SIGTERM: reconciles finish, the Lease is released) and waits.
-    pub fn stop(&mut self) {
+    /// Sends SIGTERM (what the kubelet sends first) without waiting.
+    pub fn terminate(&self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// Stops the process cleanly (SIGTERM: reconciles finish, the Lease is released) and waits.
+    pub fn stop(&mut self) {
+        self.terminate();
         let deadline = std::time::Instant::now() + WAIT;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -677,4 +682,45 @@ pub async fn create_user(
     .unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap();
     api
+}
+
+/// Creates the installation `acme` in `ns` with this spec.
+pub async fn create_installation(
+    client: &Client,
+    ns: &str,
+    spec: serde_json::Value,
+) -> Api<confluence_auth_operator::crd::ConfluenceInstallation> {
+    let api = Api::namespaced(client.clone(), ns);
+    let obj = serde_json::from_value(serde_json::json!({
+        "apiVersion": "confluence-auth.dev/v1alpha1",
+        "kind": "ConfluenceInstallation",
+        "metadata": {"name": "acme"},
+        "spec": spec,
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    api
+}
+
+/// Creates `acme`, a 3LO installation of the example app for acme.atlassian.net, with these
+/// durations.
+pub async fn installation(
+    client: &Client,
+    ns: &str,
+    refresh_before: &str,
+    health_check_interval: &str,
+) -> Api<confluence_auth_operator::crd::ConfluenceInstallation> {
+    create_installation(
+        client,
+        ns,
+        serde_json::json!({
+            "clientId": "demo-client",
+            "clientSecretRef": {"name": "atlassian-app", "key": "client-secret"},
+            "scopes": ["offline_access", "read:me", "read:confluence-content.all"],
+            "site": "acme.atlassian.net",
+            "refreshBefore": refresh_before,
+            "healthCheckInterval": health_check_interval,
+        }),
+    )
+    .await
 }
