@@ -44,9 +44,9 @@ struct Target {
 }
 
 async fn run() {
-    let concurrency = param("BENCH_CONCURRENCY", 32);
-    let rounds = param("BENCH_ROUNDS", 3);
-    let seconds = param("BENCH_SECONDS", 3) as u64;
+    let concurrency = param("BENCH_CONCURRENCY", 32).max(1);
+    let rounds = param("BENCH_ROUNDS", 3).max(1);
+    let seconds = param("BENCH_SECONDS", 3).max(1) as u64;
     let plane = Plane::start().await;
     plane
         .atlassian

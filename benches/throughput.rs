@@ -52,8 +52,8 @@ fn main() {
 }
 
 async fn run() {
-    let users = param("BENCH_USERS", 2000);
-    let consents = param("BENCH_CONSENTS", 200).min(users);
+    let users = param("BENCH_USERS", 2000).max(1);
+    let consents = param("BENCH_CONSENTS", 200).clamp(1, users);
     let setup = param("BENCH_SETUP_CONCURRENCY", 32);
     let bare_concurrency = param("BENCH_BARE_CONCURRENCY", users).max(1);
     let mut report = Vec::new();
