@@ -176,6 +176,13 @@ pub struct RunArgs {
     /// Watch only these namespaces, comma separated (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Reconcile only the credentials whose labels match this label selector (`shard=a`,
+    /// `shard in (a,b)`, `!legacy`), and watch only their Secrets. Several operators with
+    /// disjoint selectors, each with its own `--lease-name`, split a fleet too big for one
+    /// (README "Sharding"). The selector's label keys are copied from each credential onto its
+    /// Secrets.
+    #[arg(long, env = "LABEL_SELECTOR", value_parser = parse_selector)]
+    pub selector: Option<crate::selector::Selector>,
     /// Read `spec.clientSecretRef` only from Secrets labelled
     /// `confluence-auth.dev/client-secret=true` (for clusters where namespace users must not
     /// point the operator at arbitrary Secrets of their namespace).
@@ -253,6 +260,10 @@ fn parse_site_suffix(text: &str) -> Result<String, String> {
     }
 }
 
+fn parse_selector(text: &str) -> Result<crate::selector::Selector, String> {
+    crate::selector::Selector::parse(text)
+}
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
@@ -302,6 +313,13 @@ mod tests {
     }
 
     #[test]
+    fn a_selector_is_parsed_at_start_and_absent_by_default() {
+        assert_eq!(run(&[]).unwrap().selector, None);
+        let args = run(&["--selector", "shard=a"]).unwrap();
+        assert_eq!(args.selector.map(|s| s.keys()), Some(vec!["shard".to_string()]));
+    }
+
+    #[test]
     fn allowed_site_suffixes_replace_the_defaults_and_are_normalised() {
         let args = run(&["--allowed-site-suffixes", "Example.ORG,.corp.example.net."]).unwrap();
         assert_eq!(args.allowed_site_suffixes, ["example.org", "corp.example.net"]);
@@ -319,6 +337,8 @@ mod tests {
             &["--webhook-rate-burst", "0"],
             &["--webhook-max-connections", "0"],
             &["--webhook-header-timeout", "0s"],
+            &["--selector", ""],
+            &["--selector", "shard in (a"],
         ] {
             assert!(run(bad).is_err(), "{bad:?} was accepted");
         }

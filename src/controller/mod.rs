@@ -203,9 +203,17 @@ fn run_scope(
         Some(_) => watcher::Config::default(),
         None => watcher::Config::default().fields(&format!("metadata.namespace!={}", shared.ctx.operator_namespace)),
     };
-    let managed = base
-        .clone()
-        .labels(&format!("app.kubernetes.io/managed-by={}", store::MANAGER));
+    // A shard (`--selector`) sees only its credentials, and only their Secrets (which carry the
+    // selector's labels, see `store::labels`). A credential relabelled out of the shard leaves
+    // the cache (the watch reports it deleted), so its queued refresh is never run here.
+    let managed_by = format!("app.kubernetes.io/managed-by={}", store::MANAGER);
+    let (base, managed) = match &shared.ctx.selector {
+        Some(selector) => (
+            base.clone().labels(selector.as_str()),
+            base.labels(&format!("{managed_by},{selector}")),
+        ),
+        None => (base.clone(), base.labels(&managed_by)),
+    };
     let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
         let mut rx = tx.subscribe();
         async move {

@@ -1084,3 +1084,54 @@ async fn deleting_a_crd_deletes_its_objects() {
     assert!(listed.items.is_empty(), "{:?}", listed.items);
     crds.delete(&name, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_label_selected_watch_sees_an_object_enter_as_added_and_leave_as_deleted() {
+    let c = cluster().await;
+    let api: Api<CaoProbe> = Api::namespaced(c.client.clone(), &c.namespace);
+    let mut moving = probe("moving", 1);
+    moving.metadata.labels = Some([("shard".to_string(), "a".to_string())].into());
+    let created = api.create(&PostParams::default(), &moving).await.unwrap();
+    let params = WatchParams::default().labels("shard=b");
+    let mut stream = api
+        .watch(&params, &created.resource_version().unwrap())
+        .await
+        .unwrap()
+        .boxed();
+    let relabel = |shard: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "moving",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"shard": shard}}})),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut next = async || loop {
+        let event = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("an event")
+            .expect("the stream stays open")
+            .unwrap();
+        if !matches!(event, WatchEvent::Bookmark(_)) {
+            break event;
+        }
+    };
+    let entered = relabel("b").await;
+    match next().await {
+        WatchEvent::Added(p) => assert_eq!(p.resource_version(), entered.resource_version()),
+        other => panic!("entering the selection: {other:?}"),
+    }
+    let left = relabel("c").await;
+    match next().await {
+        // The object as it was (still matching), at the resourceVersion of the change.
+        WatchEvent::Deleted(p) => {
+            assert_eq!(p.labels()["shard"], "b");
+            assert_eq!(p.resource_version(), left.resource_version());
+        }
+        other => panic!("leaving the selection: {other:?}"),
+    }
+}

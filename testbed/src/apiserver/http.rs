@@ -629,12 +629,26 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
             }
             Bytes::from(format!("{}\n", json!({"type": "BOOKMARK", "object": object})))
         };
+        // What this watch sees of a change (cacher's `convertToWatchEvent`): an object entering
+        // the selection is ADDED, one leaving it is DELETED (its previous content at the new
+        // resourceVersion).
+        let seen = |event: &super::store::Event| -> Option<(&'static str, Value)> {
+            let now = matches(&event.object);
+            let before = event.previous.as_ref().map(|p| matches(p));
+            match (event.type_, now, before) {
+                ("MODIFIED", true, Some(false)) => Some(("ADDED", event.object.clone())),
+                ("MODIFIED", false, Some(true)) => {
+                    let mut gone = event.previous.clone().unwrap_or_default();
+                    gone["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"].clone();
+                    Some(("DELETED", gone))
+                }
+                (type_, true, _) => Some((type_, event.object.clone())),
+                _ => None,
+            }
+        };
         for event in &start.backlog {
-            if matches(&event.object)
-                && tx
-                    .send(Ok(Frame::data(render(event.type_, &event.object))))
-                    .await
-                    .is_err()
+            if let Some((type_, object)) = seen(event)
+                && tx.send(Ok(Frame::data(render(type_, &object)))).await.is_err()
             {
                 return;
             }
@@ -657,8 +671,9 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                     if tx.send(Ok(Frame::data(bookmark(shared.store.resource_version(), false)))).await.is_err() { return; }
                 }
                 event = live.recv() => match event {
-                    Ok(event) if event.rv > start.from && event.key == key && matches(&event.object) => {
-                        if tx.send(Ok(Frame::data(render(event.type_, &event.object)))).await.is_err() { return; }
+                    Ok(event) if event.rv > start.from && event.key == key => {
+                        if let Some((type_, object)) = seen(&event)
+                            && tx.send(Ok(Frame::data(render(type_, &object)))).await.is_err() { return; }
                     }
                     Ok(_) => {}
                     // Fell behind or the store went away: end the stream; the client re-watches.

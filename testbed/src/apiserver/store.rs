@@ -29,6 +29,9 @@ pub struct Event {
     pub type_: &'static str,
     /// The object after the change (before it, for deletions, with the new resourceVersion).
     pub object: Value,
+    /// For `MODIFIED`: the object before the change, so that a watch with a selector reports an
+    /// object entering it as `ADDED` and one leaving it as `DELETED`, as a real server does.
+    pub previous: Option<Value>,
 }
 
 /// A refusal with a Kubernetes `Status` body.
@@ -473,6 +476,7 @@ impl Store {
                                 key: k.clone(),
                                 type_: "ADDED",
                                 object: with_version(o, resource),
+                                previous: None,
                             })
                         })
                         .collect()
@@ -811,10 +815,11 @@ fn commit(
     let rv = inner.rv;
     let k = key(resource);
     let id = (namespace.to_string(), name.to_string());
+    let mut previous = None;
     let stored = match object {
         Some(mut object) => {
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            inner.objects.entry(k.clone()).or_default().insert(id, object.clone());
+            previous = inner.objects.entry(k.clone()).or_default().insert(id, object.clone());
             object
         }
         None => {
@@ -833,6 +838,9 @@ fn commit(
         key: k,
         type_,
         object: shown.clone(),
+        previous: previous
+            .filter(|_| type_ == "MODIFIED")
+            .map(|p| with_version(&p, resource)),
     });
     inner.history.push_back((Instant::now(), event.clone()));
     trim(inner);
