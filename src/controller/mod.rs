@@ -207,6 +207,8 @@ fn run_scope(
     // selector's labels, see `store::labels`). A credential relabelled out of the shard leaves
     // the cache (the watch reports it deleted), so its queued refresh is never run here.
     let managed_by = format!("app.kubernetes.io/managed-by={}", store::MANAGER);
+    // Users may belong to an installation of another shard: their trigger watches every one.
+    let every_installation = base.clone();
     let (base, managed) = match &shared.ctx.selector {
         Some(selector) => (
             base.clone().labels(selector.as_str()),
@@ -261,7 +263,7 @@ fn run_scope(
     let user_shared = shared.clone();
     // Installations as the users see them: a change (or an installation that stops fitting its
     // type, a stub delete) re-checks its users; reported by the installation controller only.
-    let installation_changes = tolerant::watch::<ConfluenceInstallation>(installation_api, base, None)
+    let installation_changes = tolerant::watch::<ConfluenceInstallation>(installation_api, every_installation, None)
         .default_backoff()
         .touched_objects();
     let user_controller = user_controller
