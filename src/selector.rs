@@ -28,7 +28,12 @@ enum Requirement {
 impl Requirement {
     fn key(&self) -> &str {
         match self {
-            Self::In(k, _) | Self::NotIn(k, _) | Self::Exists(k) | Self::DoesNotExist(k) | Self::Gt(k, _) | Self::Lt(k, _) => k,
+            Self::In(k, _)
+            | Self::NotIn(k, _)
+            | Self::Exists(k)
+            | Self::DoesNotExist(k)
+            | Self::Gt(k, _)
+            | Self::Lt(k, _) => k,
         }
     }
 
@@ -102,7 +107,11 @@ fn split_top_level(text: &str) -> Result<Vec<&str>, String> {
     for (i, c) in text.char_indices() {
         match c {
             '(' => depth += 1,
-            ')' => depth = depth.checked_sub(1).ok_or_else(|| format!("{text:?} has a ')' without a '('"))?,
+            ')' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("{text:?} has a ')' without a '('"))?
+            }
             ',' if depth == 0 => {
                 parts.push(text[start..i].trim());
                 start = i + 1;
@@ -186,7 +195,8 @@ fn label_key(key: &str) -> Result<String, String> {
         let label_ok = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         };
@@ -217,7 +227,9 @@ fn label_value(value: &str) -> Result<String, String> {
 
 fn name_ok(text: &str) -> bool {
     text.len() <= 63
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && text.starts_with(|c: char| c.is_ascii_alphanumeric())
         && text.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -251,8 +263,16 @@ mod tests {
             ("tier>2", &[("tier", "3")], true),
             ("tier>2", &[("tier", "x")], false),
             ("tier<2", &[("tier", "1")], true),
-            ("example.com/shard=a,env in (prod)", &[("example.com/shard", "a"), ("env", "prod")], true),
-            ("example.com/shard=a,env in (prod)", &[("example.com/shard", "a"), ("env", "dev")], false),
+            (
+                "example.com/shard=a,env in (prod)",
+                &[("example.com/shard", "a"), ("env", "prod")],
+                true,
+            ),
+            (
+                "example.com/shard=a,env in (prod)",
+                &[("example.com/shard", "a"), ("env", "dev")],
+                false,
+            ),
         ];
         for (text, on, expected) in cases {
             let selector = Selector::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));

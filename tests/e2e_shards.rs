@@ -221,10 +221,7 @@ async fn two_shards_refresh_only_their_own_and_a_relabel_hands_over_without_a_do
     let mut shard_b = shard_b;
     shard_a.stop();
     shard_b.stop();
-    let logged: usize = renewals(&shard_a)
-        .values()
-        .chain(renewals(&shard_b).values())
-        .sum();
+    let logged: usize = renewals(&shard_a).values().chain(renewals(&shard_b).values()).sum();
     let token_calls = env.atlassian.counters().grants("refresh_token") - refreshes_before;
     assert_eq!(token_calls as usize, logged, "one token call per refresh");
     let reuse = env.atlassian.reuse_counters();

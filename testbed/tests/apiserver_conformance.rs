@@ -1135,3 +1135,36 @@ async fn a_label_selected_watch_sees_an_object_enter_as_added_and_leave_as_delet
         other => panic!("leaving the selection: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_limited_list_comes_in_pages_that_continue_where_the_last_ended() {
+    let c = cluster().await;
+    let api: Api<CaoProbe> = Api::namespaced(c.client.clone(), &c.namespace);
+    for i in 0..5 {
+        api.create(&PostParams::default(), &probe(&format!("p{i}"), i))
+            .await
+            .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    let mut pages = 0;
+    let mut first_rv = None;
+    loop {
+        let page = api.list(&params).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        // Every page carries the first page's resourceVersion: a watch from it misses nothing.
+        let rv = page.metadata.resource_version.clone();
+        assert_eq!(*first_rv.get_or_insert(rv.clone()), rv);
+        names.extend(page.items.iter().map(|p| p.name_any()));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => {
+                assert!(page.metadata.remaining_item_count.unwrap_or(0) > 0);
+                params = params.continue_token(&token);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(pages, 3);
+}

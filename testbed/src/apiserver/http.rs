@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -487,16 +488,51 @@ fn list_body(resource: &Resource, items: Vec<Value>, rv: u64) -> Value {
 
 fn list(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
     let store = &call.shared.store;
-    let (items, rv) = store.list(
+    // `limit` and `continue` page a list (kube's watcher asks for 500 at a time); the token is
+    // the first page's resourceVersion and the last key served, base64url-encoded (opaque to clients).
+    let limit = call
+        .query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let resumed = match call.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => Some(decode_continue(token)?),
+        None => None,
+    };
+    let page = store.list_page(
         &target.resource,
         target.namespace.as_deref(),
         &selector(call)?,
         call.query.get("fieldSelector").map(String::as_str),
+        resumed.as_ref().map(|(_, after)| after),
+        limit,
     )?;
+    let rv = resumed.as_ref().map_or(page.rv, |(rv, _)| *rv);
     if call.wants_table() {
-        return Ok(table_response(&table::render(&target.resource, &items, rv)));
+        return Ok(table_response(&table::render(&target.resource, &page.items, rv)));
     }
-    Ok(json_response(StatusCode::OK, &list_body(&target.resource, items, rv)))
+    let mut body = list_body(&target.resource, page.items, rv);
+    if let Some((ns, name)) = &page.next {
+        body["metadata"]["continue"] =
+            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{rv}\0{ns}\0{name}")));
+        body["metadata"]["remainingItemCount"] = json!(page.remaining);
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// (resourceVersion of the first page, last key served) of a `continue` token.
+fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = text.splitn(3, '\0');
+    let rv = parts.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+    let ns = parts.next().ok_or_else(bad)?.to_string();
+    let name = parts.next().ok_or_else(bad)?.to_string();
+    Ok((rv, (ns, name)))
 }
 
 fn patch_object(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
