@@ -28,6 +28,8 @@ pub const TOKEN_TYPE: &str = "confluence-auth.dev/access-token";
 pub const CLAIM_TYPE: &str = "confluence-auth.dev/account-claim";
 /// Key of the envelope in the vault Secret.
 pub const ENVELOPE_KEY: &str = "envelope";
+/// Label naming the kind of a Secret's owner (`ConfluenceInstallation`, `ConfluenceUserAuth`).
+pub const OWNER_KIND_LABEL: &str = "confluence-auth.dev/owner-kind";
 /// Value of `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "confluence-auth-operator";
 const CONFLICT_RETRIES: usize = 5;
@@ -225,7 +227,7 @@ pub fn labels<K: CredentialResource>(owner: &K) -> BTreeMap<String, String> {
     }
     labels.extend([
         ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
-        ("confluence-auth.dev/owner-kind".to_string(), K::kind(&()).to_string()),
+        (OWNER_KIND_LABEL.to_string(), K::kind(&()).to_string()),
         ("confluence-auth.dev/owner-name".to_string(), owner.name_any()),
     ]);
     labels
