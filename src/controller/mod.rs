@@ -211,7 +211,10 @@ fn run_scope(
     // Users may belong to an installation of another shard: their trigger watches every one.
     let unselected = base.clone();
     let (base, managed) = match &shared.ctx.selector {
-        Some(selector) => (base.clone().labels(selector.as_str()), format!("{managed_by},{selector}")),
+        Some(selector) => (
+            base.clone().labels(selector.as_str()),
+            format!("{managed_by},{selector}"),
+        ),
         None => (base.clone(), managed_by),
     };
     // Owned Secrets only trigger reconciles (which read the vault fresh, never from a watch), so

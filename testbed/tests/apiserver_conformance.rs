@@ -1168,3 +1168,55 @@ async fn a_limited_list_comes_in_pages_that_continue_where_the_last_ended() {
     assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
     assert_eq!(pages, 3);
 }
+
+#[tokio::test]
+async fn metadata_only_requests_answer_partial_object_metadata() {
+    use kube::api::PartialObjectMeta;
+    let c = cluster().await;
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.namespace);
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "meta", "labels": {"pick": "me"}}, "stringData": {"k": "secret-value"}}),
+    )
+    .unwrap();
+    let created = secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(c.client.clone(), &c.namespace);
+    let one = meta.get("meta").await.unwrap();
+    assert_eq!(one.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(one.metadata.labels.as_ref().unwrap()["pick"], "me");
+    let list = meta.list(&ListParams::default().labels("pick=me")).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.types.kind, "PartialObjectMetadataList");
+    let mut stream = meta
+        .watch(
+            &WatchParams::default().labels("pick=me"),
+            &created.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    secrets
+        .patch(
+            "meta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"a": "b"}}})),
+        )
+        .await
+        .unwrap();
+    let event = loop {
+        let event = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if !matches!(event, WatchEvent::Bookmark(_)) {
+            break event;
+        }
+    };
+    match event {
+        WatchEvent::Modified(p) => {
+            assert_eq!(p.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+            assert_eq!(p.metadata.annotations.as_ref().unwrap()["a"], "b");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -107,6 +107,17 @@ impl Call {
     fn wants_table(&self) -> bool {
         self.accept.contains("as=Table")
     }
+
+    /// `Accept: application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1` (and the `List`
+    /// form): metadata-only answers, as kube's `Api<PartialObjectMeta<K>>` asks.
+    fn wants_metadata(&self) -> bool {
+        self.accept.contains("as=PartialObjectMetadata")
+    }
+}
+
+/// `object` as a `PartialObjectMetadata` (metadata only).
+fn metadata_only(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }
 
 fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String {
@@ -312,6 +323,9 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
                     store.resource_version(),
                 )));
             }
+            if call.wants_metadata() {
+                return Ok(json_response(StatusCode::OK, &metadata_only(&object)));
+            }
             Ok(json_response(StatusCode::OK, &object))
         }
         "create" => {
@@ -511,7 +525,12 @@ fn list(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
     if call.wants_table() {
         return Ok(table_response(&table::render(&target.resource, &page.items, rv)));
     }
-    let mut body = list_body(&target.resource, page.items, rv);
+    let mut body = if call.wants_metadata() {
+        let items: Vec<Value> = page.items.iter().map(metadata_only).collect();
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": rv.to_string()}, "items": items})
+    } else {
+        list_body(&target.resource, page.items, rv)
+    };
     if let Some((ns, name)) = &page.next {
         body["metadata"]["continue"] =
             json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{rv}\0{ns}\0{name}")));
@@ -615,6 +634,7 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let as_table = call.wants_table();
+    let as_metadata = call.wants_metadata();
     let resource = target.resource.clone();
     let namespace = target.namespace.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
@@ -653,6 +673,8 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(0),
                 )
+            } else if as_metadata {
+                metadata_only(object)
             } else {
                 object.clone()
             };
