@@ -331,11 +331,22 @@ fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shar
 
 /// Writes status through `change` (re-read, changed, replaced; no write when nothing changes)
 /// and publishes an Event for every transition it made. Keeps the metrics' view current.
+///
+/// When `change` changes nothing on `obj` as given (the cached object), nothing is requested
+/// at all: a restart's first pass over a settled fleet, and every periodic re-check, cost no
+/// read. A status someone else wrote meanwhile arrives as a watch event and another pass.
 async fn write_status<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
     change: impl Fn(&mut K),
 ) -> Result<K, ReconcileError> {
+    let mut changed = obj.clone();
+    change(&mut changed);
+    if changed.credential() == obj.credential() && serde_json::to_value(&changed).ok() == serde_json::to_value(obj).ok()
+    {
+        observe(shared, obj);
+        return Ok(changed);
+    }
     let before: Mutex<Option<CredentialStatus>> = Mutex::new(None);
     let updated = store::update_status(&shared.ctx.client, obj, |current: &mut K| {
         *lock(&before) = current.credential().cloned();
