@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn every_operator_of_the_kubernetes_grammar_parses_and_matches_like_the_api_server() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             ("shard=a", &[("shard", "a")], true),
             ("shard=a", &[("shard", "b")], false),
             ("shard=a", &[], false),

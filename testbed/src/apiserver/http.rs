@@ -692,7 +692,7 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
         // resourceVersion).
         let seen = |event: &super::store::Event| -> Option<(&'static str, Value)> {
             let now = matches(&event.object);
-            let before = event.previous.as_ref().map(|p| matches(p));
+            let before = event.previous.as_ref().map(&matches);
             match (event.type_, now, before) {
                 ("MODIFIED", true, Some(false)) => Some(("ADDED", event.object.clone())),
                 ("MODIFIED", false, Some(true)) => {
