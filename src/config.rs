@@ -183,6 +183,10 @@ pub struct RunArgs {
     /// Secrets.
     #[arg(long, env = "LABEL_SELECTOR", value_parser = parse_selector)]
     pub selector: Option<crate::selector::Selector>,
+    /// Reconciles each controller runs at once. Bounds the memory of a start over a large fleet
+    /// (every credential is looked at once) and the burst of requests it sends.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Read `spec.clientSecretRef` only from Secrets labelled
     /// `confluence-auth.dev/client-secret=true` (for clusters where namespace users must not
     /// point the operator at arbitrary Secrets of their namespace).
@@ -338,6 +342,7 @@ mod tests {
             &["--webhook-max-connections", "0"],
             &["--webhook-header-timeout", "0s"],
             &["--selector", ""],
+            &["--max-concurrent-reconciles", "0"],
             &["--selector", "shard in (a"],
         ] {
             assert!(run(bad).is_err(), "{bad:?} was accepted");

@@ -154,6 +154,7 @@ pub async fn run(
         keys_secret: args.keys_secret.clone(),
         namespaces: args.namespaces.clone(),
         selector: args.selector.clone(),
+        reconcile_concurrency: args.max_concurrent_reconciles,
         require_client_secret_label: args.require_client_secret_label,
         allowed_site_suffixes: args.allowed_site_suffixes.clone(),
     };

@@ -250,7 +250,9 @@ fn run_scope(
             .reflect(installation_writer)
             .applied_objects();
     let installation_shared = shared.clone();
+    let limits = runtime::Config::default().concurrency(shared.ctx.reconcile_concurrency);
     let installation_controller = Controller::for_stream(installation_stream, installation_store.clone())
+        .with_config(limits.clone())
         .owns_stream(owned_secrets(&<ConfluenceInstallation as kube::Resource>::kind(&())))
         .graceful_shutdown_on(signal(shutdown))
         .run(installation::reconcile, error_policy, shared.clone())
@@ -269,7 +271,7 @@ fn run_scope(
     .default_backoff()
     .reflect(user_writer)
     .applied_objects();
-    let user_controller = Controller::for_stream(user_stream, user_store);
+    let user_controller = Controller::for_stream(user_stream, user_store).with_config(limits);
     let user_store = user_controller.store();
     let stores = (installation_store, user_store.clone());
     let user_shared = shared.clone();
