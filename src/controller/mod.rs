@@ -344,8 +344,8 @@ async fn write_status<K: CredentialResource>(
 ) -> Result<K, ReconcileError> {
     let mut changed = obj.clone();
     change(&mut changed);
-    if changed.credential() == obj.credential() && serde_json::to_value(&changed).ok() == serde_json::to_value(obj).ok()
-    {
+    // Compared as written (times to the second), as `update_status` compares.
+    if serde_json::to_value(&changed).ok() == serde_json::to_value(obj).ok() {
         observe(shared, obj);
         return Ok(changed);
     }
