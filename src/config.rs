@@ -176,6 +176,17 @@ pub struct RunArgs {
     /// Watch only these namespaces, comma separated (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Reconcile only the credentials whose labels match this label selector (`shard=a`,
+    /// `shard in (a,b)`, `!legacy`), and watch only their Secrets. Several operators with
+    /// disjoint selectors, each with its own `--lease-name`, split a fleet too big for one
+    /// (README "Sharding"). The selector's label keys are copied from each credential onto its
+    /// Secrets.
+    #[arg(long, env = "LABEL_SELECTOR", value_parser = parse_selector)]
+    pub selector: Option<crate::selector::Selector>,
+    /// Reconciles each controller runs at once. Bounds the memory of a start over a large fleet
+    /// (every credential is looked at once) and the burst of requests it sends.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Read `spec.clientSecretRef` only from Secrets labelled
     /// `confluence-auth.dev/client-secret=true` (for clusters where namespace users must not
     /// point the operator at arbitrary Secrets of their namespace).
@@ -257,6 +268,10 @@ fn parse_site_suffix(text: &str) -> Result<String, String> {
     }
 }
 
+fn parse_selector(text: &str) -> Result<crate::selector::Selector, String> {
+    crate::selector::Selector::parse(text)
+}
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
@@ -306,6 +321,13 @@ mod tests {
     }
 
     #[test]
+    fn a_selector_is_parsed_at_start_and_absent_by_default() {
+        assert_eq!(run(&[]).unwrap().selector, None);
+        let args = run(&["--selector", "shard=a"]).unwrap();
+        assert_eq!(args.selector.map(|s| s.keys()), Some(vec!["shard".to_string()]));
+    }
+
+    #[test]
     fn allowed_site_suffixes_replace_the_defaults_and_are_normalised() {
         let args = run(&["--allowed-site-suffixes", "Example.ORG,.corp.example.net."]).unwrap();
         assert_eq!(args.allowed_site_suffixes, ["example.org", "corp.example.net"]);
@@ -323,6 +345,9 @@ mod tests {
             &["--webhook-rate-burst", "0"],
             &["--webhook-max-connections", "0"],
             &["--webhook-header-timeout", "0s"],
+            &["--selector", ""],
+            &["--max-concurrent-reconciles", "0"],
+            &["--selector", "shard in (a"],
         ] {
             assert!(run(bad).is_err(), "{bad:?} was accepted");
         }

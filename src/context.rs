@@ -84,6 +84,10 @@ pub struct Context {
     pub keys_secret: String,
     /// The namespaces listed with `--namespaces` (empty: all but the operator's own).
     pub namespaces: Vec<String>,
+    /// Reconciles each controller runs at once (`--max-concurrent-reconciles`).
+    pub reconcile_concurrency: u16,
+    /// `--selector`: this operator's shard (none: every credential in its namespaces).
+    pub selector: Option<crate::selector::Selector>,
     /// Read a client secret only from Secrets labelled `confluence-auth.dev/client-secret=true`.
     pub require_client_secret_label: bool,
     /// `spec.site` must be a host strictly under one of these (`--allowed-site-suffixes`).

@@ -95,6 +95,8 @@ pub async fn run(args: DemoArgs) -> DemoResult<()> {
         operator_namespace: Some(OPERATOR_NAMESPACE.into()),
         keys_secret: KEYS_SECRET.into(),
         namespaces: vec![NAMESPACE.into()],
+        selector: None,
+        max_concurrent_reconciles: 32,
         require_client_secret_label: false,
         link_ttl: Duration::from_secs(24 * 3600),
         allowed_site_suffixes: crate::validation::DEFAULT_SITE_SUFFIXES

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod operator;
 pub mod refresh;
+pub mod selector;
 pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -127,6 +127,11 @@ pub async fn run(
     };
     let public_url = public_url(&args.public_url, listening.webhook);
     let namespace = operator_namespace(&args, &client);
+    // A shard's Secrets carry the labels its selector reads, so its Secret watch can select them.
+    store::copy_owner_labels(args.selector.as_ref().map(|s| s.keys()).unwrap_or_default());
+    if let Some(selector) = &args.selector {
+        tracing::info!(%selector, lease = %args.lease_name, "a shard: only credentials matching the selector are reconciled");
+    }
     let keys = load_or_create_keys(&client, &namespace, &args.keys_secret, &args.namespaces).await?;
     tracing::info!(namespace, secret = %args.keys_secret, primary = keys.primary_id(), "loaded the vault's master keys");
     let endpoints = Endpoints {
@@ -148,6 +153,8 @@ pub async fn run(
         operator_namespace: namespace.clone(),
         keys_secret: args.keys_secret.clone(),
         namespaces: args.namespaces.clone(),
+        selector: args.selector.clone(),
+        reconcile_concurrency: args.max_concurrent_reconciles,
         require_client_secret_label: args.require_client_secret_label,
         allowed_site_suffixes: args.allowed_site_suffixes.clone(),
     };

@@ -28,6 +28,8 @@ pub const TOKEN_TYPE: &str = "confluence-auth.dev/access-token";
 pub const CLAIM_TYPE: &str = "confluence-auth.dev/account-claim";
 /// Key of the envelope in the vault Secret.
 pub const ENVELOPE_KEY: &str = "envelope";
+/// Label naming the kind of a Secret's owner (`ConfluenceInstallation`, `ConfluenceUserAuth`).
+pub const OWNER_KIND_LABEL: &str = "confluence-auth.dev/owner-kind";
 /// Value of `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "confluence-auth-operator";
 const CONFLICT_RETRIES: usize = 5;
@@ -201,13 +203,34 @@ pub fn token_secret_data(tokens: &TokenSet, api_base_url: &str) -> BTreeMap<Stri
     ])
 }
 
-/// Labels on both Secrets.
+/// Label keys copied from a credential onto its Secrets: the `--selector`'s keys, so that a
+/// shard's Secret watch selects the Secrets of exactly its credentials. Only these keys: copying
+/// every label would, for one, hand a GitOps tool's tracking label (`app.kubernetes.io/instance`)
+/// to Secrets that tool then prunes. Process-wide because every Secret writer (controllers,
+/// callback, account claims) reaches here with just a client, and a process runs one operator.
+static OWNER_LABEL_KEYS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Sets the label keys [`labels`] copies from the owner (at start; empty: none).
+pub fn copy_owner_labels(keys: Vec<String>) {
+    *OWNER_LABEL_KEYS.write().unwrap_or_else(|e| e.into_inner()) = keys;
+}
+
+/// Labels on both Secrets: the operator's own, and the owner's labels under the keys set with
+/// [`copy_owner_labels`] (the operator's own win).
 pub fn labels<K: CredentialResource>(owner: &K) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::new();
+    let copied = OWNER_LABEL_KEYS.read().unwrap_or_else(|e| e.into_inner());
+    for key in copied.iter() {
+        if let Some(value) = owner.labels().get(key) {
+            labels.insert(key.clone(), value.clone());
+        }
+    }
+    labels.extend([
         ("app.kubernetes.io/managed-by".to_string(), MANAGER.to_string()),
-        ("confluence-auth.dev/owner-kind".to_string(), K::kind(&()).to_string()),
+        (OWNER_KIND_LABEL.to_string(), K::kind(&()).to_string()),
         ("confluence-auth.dev/owner-name".to_string(), owner.name_any()),
-    ])
+    ]);
+    labels
 }
 
 /// True when `secret`'s controller ownerReference is `owner` itself (same uid).

@@ -1084,3 +1084,139 @@ async fn deleting_a_crd_deletes_its_objects() {
     assert!(listed.items.is_empty(), "{:?}", listed.items);
     crds.delete(&name, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_label_selected_watch_sees_an_object_enter_as_added_and_leave_as_deleted() {
+    let c = cluster().await;
+    let api: Api<CaoProbe> = Api::namespaced(c.client.clone(), &c.namespace);
+    let mut moving = probe("moving", 1);
+    moving.metadata.labels = Some([("shard".to_string(), "a".to_string())].into());
+    let created = api.create(&PostParams::default(), &moving).await.unwrap();
+    let params = WatchParams::default().labels("shard=b");
+    let mut stream = api
+        .watch(&params, &created.resource_version().unwrap())
+        .await
+        .unwrap()
+        .boxed();
+    let relabel = |shard: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "moving",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"shard": shard}}})),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut next = async || loop {
+        let event = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("an event")
+            .expect("the stream stays open")
+            .unwrap();
+        if !matches!(event, WatchEvent::Bookmark(_)) {
+            break event;
+        }
+    };
+    let entered = relabel("b").await;
+    match next().await {
+        WatchEvent::Added(p) => assert_eq!(p.resource_version(), entered.resource_version()),
+        other => panic!("entering the selection: {other:?}"),
+    }
+    let left = relabel("c").await;
+    match next().await {
+        // The object as it was (still matching), at the resourceVersion of the change.
+        WatchEvent::Deleted(p) => {
+            assert_eq!(p.labels()["shard"], "b");
+            assert_eq!(p.resource_version(), left.resource_version());
+        }
+        other => panic!("leaving the selection: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_limited_list_comes_in_pages_that_continue_where_the_last_ended() {
+    let c = cluster().await;
+    let api: Api<CaoProbe> = Api::namespaced(c.client.clone(), &c.namespace);
+    for i in 0..5 {
+        api.create(&PostParams::default(), &probe(&format!("p{i}"), i))
+            .await
+            .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    let mut pages = 0;
+    let mut first_rv = None;
+    loop {
+        let page = api.list(&params).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        // Every page carries the first page's resourceVersion: a watch from it misses nothing.
+        let rv = page.metadata.resource_version.clone();
+        assert_eq!(*first_rv.get_or_insert(rv.clone()), rv);
+        names.extend(page.items.iter().map(|p| p.name_any()));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => {
+                assert!(page.metadata.remaining_item_count.unwrap_or(0) > 0);
+                params = params.continue_token(&token);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    assert_eq!(pages, 3);
+}
+
+#[tokio::test]
+async fn metadata_only_requests_answer_partial_object_metadata() {
+    use kube::api::PartialObjectMeta;
+    let c = cluster().await;
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &c.namespace);
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "meta", "labels": {"pick": "me"}}, "stringData": {"k": "secret-value"}}),
+    )
+    .unwrap();
+    let created = secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let meta: Api<PartialObjectMeta<Secret>> = Api::namespaced(c.client.clone(), &c.namespace);
+    let one = meta.get("meta").await.unwrap();
+    assert_eq!(one.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(one.metadata.labels.as_ref().unwrap()["pick"], "me");
+    let list = meta.list(&ListParams::default().labels("pick=me")).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.types.kind, "PartialObjectMetadataList");
+    let mut stream = meta
+        .watch(
+            &WatchParams::default().labels("pick=me"),
+            &created.resource_version().unwrap(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    secrets
+        .patch(
+            "meta",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"a": "b"}}})),
+        )
+        .await
+        .unwrap();
+    let event = loop {
+        let event = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if !matches!(event, WatchEvent::Bookmark(_)) {
+            break event;
+        }
+    };
+    match event {
+        WatchEvent::Modified(p) => {
+            assert_eq!(p.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+            assert_eq!(p.metadata.annotations.as_ref().unwrap()["a"], "b");
+        }
+        other => panic!("{other:?}"),
+    }
+}

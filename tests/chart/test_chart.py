@@ -256,6 +256,19 @@ def test_the_container_runs_the_operator_configured_from_values() -> None:
     assert env(objects())["LOG_FORMAT"] == "json"
 
 
+def test_a_shard_runs_with_its_selector_and_its_own_lease() -> None:
+    shard = {"selector": "shard in (a,b)", "leader": {"leaseName": "confluence-auth-operator-shard-a"}}
+    e = env(objects(shard))
+    assert e["LABEL_SELECTOR"] == "shard in (a,b)"
+    assert e["LEASE_NAME"] == "confluence-auth-operator-shard-a"
+    # No selector (the default): every credential, no LABEL_SELECTOR at all.
+    assert "LABEL_SELECTOR" not in env(objects())
+    # Shards on the default Lease would elect one leader among them all: refused.
+    with pytest.raises(helm.HelmError) as error:
+        objects({"selector": "shard=a"})
+    assert "give this shard its own leader.leaseName" in str(error.value)
+
+
 def test_webhook_limits_follow_the_ingress() -> None:
     # Behind an ingress every request comes from the controller: rate-limit by X-Forwarded-For.
     assert env(objects())["TRUST_FORWARDED_FOR"] == "false"
@@ -283,6 +296,8 @@ def test_webhook_limits_follow_the_ingress() -> None:
         ({"linkTtl": "1 day"}, "at '/linkTtl': '1 day' does not match pattern"),
         ({"resources": {"requests": "lots"}}, "at '/resources/requests': got string, want object"),
         ({"webhook": {"headerTimeout": "0s"}}, "at '/webhook/headerTimeout'"),
+        ({"selector": "shard=a\nshard=b"}, "at '/selector'"),
+        ({"selector": ["shard=a"]}, "at '/selector': got array, want string"),
     ],
 )
 def test_the_schema_rejects_bad_values_with_a_readable_message(values: dict[str, Any], message: str) -> None:

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -108,6 +109,17 @@ impl Call {
     fn wants_table(&self) -> bool {
         self.accept.contains("as=Table")
     }
+
+    /// `Accept: application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1` (and the `List`
+    /// form): metadata-only answers, as kube's `Api<PartialObjectMeta<K>>` asks.
+    fn wants_metadata(&self) -> bool {
+        self.accept.contains("as=PartialObjectMetadata")
+    }
+}
+
+/// `object` as a `PartialObjectMetadata` (metadata only).
+fn metadata_only(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }
 
 fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String {
@@ -316,6 +328,9 @@ async fn route(call: Call) -> Result<Response<Body>, ApiError> {
                     store.resource_version(),
                 )));
             }
+            if call.wants_metadata() {
+                return Ok(json_response(StatusCode::OK, &metadata_only(&object)));
+            }
             Ok(json_response(StatusCode::OK, &object))
         }
         "create" => {
@@ -492,16 +507,56 @@ fn list_body(resource: &Resource, items: Vec<Value>, rv: u64) -> Value {
 
 fn list(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
     let store = &call.shared.store;
-    let (items, rv) = store.list(
+    // `limit` and `continue` page a list (kube's watcher asks for 500 at a time); the token is
+    // the first page's resourceVersion and the last key served, base64url-encoded (opaque to clients).
+    let limit = call
+        .query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let resumed = match call.query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => Some(decode_continue(token)?),
+        None => None,
+    };
+    let page = store.list_page(
         &target.resource,
         target.namespace.as_deref(),
         &selector(call)?,
         call.query.get("fieldSelector").map(String::as_str),
+        resumed.as_ref().map(|(_, after)| after),
+        limit,
     )?;
+    let rv = resumed.as_ref().map_or(page.rv, |(rv, _)| *rv);
     if call.wants_table() {
-        return Ok(table_response(&table::render(&target.resource, &items, rv)));
+        return Ok(table_response(&table::render(&target.resource, &page.items, rv)));
     }
-    Ok(json_response(StatusCode::OK, &list_body(&target.resource, items, rv)))
+    let mut body = if call.wants_metadata() {
+        let items: Vec<Value> = page.items.iter().map(metadata_only).collect();
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": rv.to_string()}, "items": items})
+    } else {
+        list_body(&target.resource, page.items, rv)
+    };
+    if let Some((ns, name)) = &page.next {
+        body["metadata"]["continue"] =
+            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{rv}\0{ns}\0{name}")));
+        body["metadata"]["remainingItemCount"] = json!(page.remaining);
+    }
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// (resourceVersion of the first page, last key served) of a `continue` token.
+fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: invalid continue token");
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = text.splitn(3, '\0');
+    let rv = parts.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+    let ns = parts.next().ok_or_else(bad)?.to_string();
+    let name = parts.next().ok_or_else(bad)?.to_string();
+    Ok((rv, (ns, name)))
 }
 
 fn patch_object(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
@@ -584,6 +639,7 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
     let as_table = call.wants_table();
+    let as_metadata = call.wants_metadata();
     let resource = target.resource.clone();
     let namespace = target.namespace.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(256);
@@ -622,6 +678,8 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(0),
                 )
+            } else if as_metadata {
+                metadata_only(object)
             } else {
                 object.clone()
             };
@@ -634,12 +692,26 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
             }
             Bytes::from(format!("{}\n", json!({"type": "BOOKMARK", "object": object})))
         };
+        // What this watch sees of a change (cacher's `convertToWatchEvent`): an object entering
+        // the selection is ADDED, one leaving it is DELETED (its previous content at the new
+        // resourceVersion).
+        let seen = |event: &super::store::Event| -> Option<(&'static str, Value)> {
+            let now = matches(&event.object);
+            let before = event.previous.as_ref().map(&matches);
+            match (event.type_, now, before) {
+                ("MODIFIED", true, Some(false)) => Some(("ADDED", event.object.clone())),
+                ("MODIFIED", false, Some(true)) => {
+                    let mut gone = event.previous.clone().unwrap_or_default();
+                    gone["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"].clone();
+                    Some(("DELETED", gone))
+                }
+                (type_, true, _) => Some((type_, event.object.clone())),
+                _ => None,
+            }
+        };
         for event in &start.backlog {
-            if matches(&event.object)
-                && tx
-                    .send(Ok(Frame::data(render(event.type_, &event.object))))
-                    .await
-                    .is_err()
+            if let Some((type_, object)) = seen(event)
+                && tx.send(Ok(Frame::data(render(type_, &object)))).await.is_err()
             {
                 return;
             }
@@ -662,8 +734,9 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                     if tx.send(Ok(Frame::data(bookmark(shared.store.resource_version(), false)))).await.is_err() { return; }
                 }
                 event = live.recv() => match event {
-                    Ok(event) if event.rv > start.from && event.key == key && matches(&event.object) => {
-                        if tx.send(Ok(Frame::data(render(event.type_, &event.object)))).await.is_err() { return; }
+                    Ok(event) if event.rv > start.from && event.key == key => {
+                        if let Some((type_, object)) = seen(&event)
+                            && tx.send(Ok(Frame::data(render(type_, &object)))).await.is_err() { return; }
                     }
                     Ok(_) => {}
                     // Fell behind or the store went away: end the stream; the client re-watches.

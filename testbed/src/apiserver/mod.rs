@@ -139,6 +139,17 @@ impl ApiServer {
         self.shared.counts.snapshot()
     }
 
+    /// How many requests were served so far (cheaper than cloning the log).
+    pub fn request_count(&self) -> usize {
+        self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The requests served after the first `from` (the log from an index on).
+    pub fn requests_since(&self, from: usize) -> Vec<RequestRecord> {
+        let log = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.get(from..).map(<[RequestRecord]>::to_vec).unwrap_or_default()
+    }
+
     /// Changes the retained watch history (older watches then get 410 Gone).
     pub fn set_history_limit(&self, limit: usize) {
         self.shared.store.set_history_limit(limit);

@@ -29,6 +29,22 @@ pub struct Event {
     pub type_: &'static str,
     /// The object after the change (before it, for deletions, with the new resourceVersion).
     pub object: Value,
+    /// For `MODIFIED`: the object before the change, so that a watch with a selector reports an
+    /// object entering it as `ADDED` and one leaving it as `DELETED`, as a real server does.
+    pub previous: Option<Value>,
+}
+
+/// One page of a list ([`Store::list_page`]).
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The objects.
+    pub items: Vec<Value>,
+    /// The list's resourceVersion.
+    pub rv: u64,
+    /// The key of the last object, when more follow (the `continue` point).
+    pub next: Option<(String, String)>,
+    /// How many matching objects follow.
+    pub remaining: usize,
 }
 
 /// A refusal with a Kubernetes `Status` body.
@@ -252,22 +268,59 @@ impl Store {
         labels: &LabelSelector,
         fields: Option<&str>,
     ) -> Result<(Vec<Value>, u64), ApiError> {
+        let page = self.list_page(resource, namespace, labels, fields, None, None)?;
+        Ok((page.items, page.rv))
+    }
+
+    /// One page of a list: at most `limit` matching objects after the key `after` (in
+    /// namespace/name order), as `limit`/`continue` ask. Later pages show objects as they are
+    /// then, not as of the first page (a real server reads them at the first page's revision);
+    /// a watch from the first page's resourceVersion brings a client to the same state.
+    pub fn list_page(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: Option<usize>,
+    ) -> Result<Page, ApiError> {
         let inner = self.lock();
-        let mut items = Vec::new();
-        if let Some(objects) = inner.objects.get(&key(resource)) {
-            for ((ns, _), object) in objects {
-                if namespace.is_some_and(|want| want != ns) || !labels.matches(object) {
-                    continue;
-                }
-                if let Some(fields) = fields
-                    && !field_matches(fields, object).map_err(ApiError::bad_request)?
-                {
-                    continue;
-                }
-                items.push(with_version(object, resource));
+        let mut page = Page {
+            items: Vec::new(),
+            rv: inner.rv,
+            next: None,
+            remaining: 0,
+        };
+        let Some(objects) = inner.objects.get(&key(resource)) else {
+            return Ok(page);
+        };
+        let range = match after {
+            Some(after) => {
+                objects.range::<(String, String), _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
             }
+            None => objects.range::<(String, String), _>(..),
+        };
+        for (id, object) in range {
+            if namespace.is_some_and(|want| want != id.0) || !labels.matches(object) {
+                continue;
+            }
+            if let Some(fields) = fields
+                && !field_matches(fields, object).map_err(ApiError::bad_request)?
+            {
+                continue;
+            }
+            if limit.is_some_and(|limit| page.items.len() >= limit) {
+                page.remaining += 1;
+                continue;
+            }
+            page.items.push(with_version(object, resource));
+            page.next = Some(id.clone());
         }
-        Ok((items, inner.rv))
+        if page.remaining == 0 {
+            page.next = None;
+        }
+        Ok(page)
     }
 
     /// Creates an object.
@@ -473,6 +526,7 @@ impl Store {
                                 key: k.clone(),
                                 type_: "ADDED",
                                 object: with_version(o, resource),
+                                previous: None,
                             })
                         })
                         .collect()
@@ -811,10 +865,11 @@ fn commit(
     let rv = inner.rv;
     let k = key(resource);
     let id = (namespace.to_string(), name.to_string());
+    let mut previous = None;
     let stored = match object {
         Some(mut object) => {
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
-            inner.objects.entry(k.clone()).or_default().insert(id, object.clone());
+            previous = inner.objects.entry(k.clone()).or_default().insert(id, object.clone());
             object
         }
         None => {
@@ -833,6 +888,9 @@ fn commit(
         key: k,
         type_,
         object: shown.clone(),
+        previous: previous
+            .filter(|_| type_ == "MODIFIED")
+            .map(|p| with_version(&p, resource)),
     });
     inner.history.push_back((Instant::now(), event.clone()));
     trim(inner);
