@@ -6,6 +6,7 @@
 //! token set is kept in memory until its vault write lands; while it is there, nothing else is
 //! sent to Atlassian for that resource.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -72,7 +73,8 @@ pub async fn keep_alive<K: CredentialResource>(
     let unsaved = lock(&shared.unsaved).get(&uid).cloned();
     if let Some(unsaved) = unsaved {
         if let Err(e) = save(shared, obj, &unsaved, keep).await {
-            return Ok(retry_save(shared, obj, &uid, &e));
+            // Pods still read the previous token: retry while it lives.
+            return Ok(retry_save(shared, obj, &uid, &e, tokens.expires_at));
         }
         lock(&shared.unsaved).remove(&uid);
         refreshed = Some(unsaved.obtained_at);
@@ -260,12 +262,46 @@ async fn save<K: CredentialResource>(
     .await
 }
 
-/// The rotated set is not stored yet: retry soon, never refresh meanwhile.
-fn retry_save<K: CredentialResource>(shared: &Shared, obj: &K, uid: &str, e: &store::StoreError) -> Action {
+/// The rotated set is not stored yet: retry soon (before the token pods read, which expires at
+/// `expires_at`, dies), never refresh meanwhile.
+fn retry_save<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    uid: &str,
+    e: &store::StoreError,
+    expires_at: Timestamp,
+) -> Action {
     let attempt = bump(shared, uid);
-    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), category = e.category(), error = %e, attempt, "storing a rotated token set failed; retrying before anything else");
+    let delay = save_retry_delay(shared, uid, attempt, expires_at);
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "storing a rotated token set failed; retrying before anything else");
     shared.metrics.reconcile_error(&K::kind(&()), e.category());
-    Action::requeue(token::backoff(attempt.min(4), None, Jitter::for_key(uid)))
+    Action::requeue(delay)
+}
+
+/// When to retry writing a rotated set: backoff capped at 16 s, and at a third of what the token
+/// in the token Secret (expiring at `expires_at`) has left.
+fn save_retry_delay(shared: &Shared, uid: &str, attempt: u32, expires_at: Timestamp) -> Duration {
+    let now = shared.ctx.clock.now();
+    token::retry_delay(attempt.min(4), None, Jitter::for_key(uid), now, expires_at)
+}
+
+/// Remembers that `uid`'s renewal backs off for `delay` from now.
+fn hold_off(holds: &mut HashMap<String, tokio::time::Instant>, uid: &str, delay: Duration, now: tokio::time::Instant) {
+    holds.insert(uid.to_string(), now + delay);
+}
+
+/// How long `uid`'s renewal still backs off, if it does.
+fn held_off(
+    holds: &mut HashMap<String, tokio::time::Instant>,
+    uid: &str,
+    now: tokio::time::Instant,
+) -> Option<Duration> {
+    let left = holds.get(uid).map(|at| at.saturating_duration_since(now))?;
+    if left.is_zero() {
+        holds.remove(uid);
+        return None;
+    }
+    Some(left)
 }
 
 /// Counts one more consecutive failure; returns the attempt number (0 for the first).
@@ -278,6 +314,7 @@ fn bump(shared: &Shared, uid: &str) -> u32 {
 
 fn reset(shared: &Shared, uid: &str) {
     lock(&shared.failures).remove(uid);
+    lock(&shared.hold_offs).remove(uid);
 }
 
 async fn client_secret(shared: &Shared, app: &AppCredentials) -> Result<Option<ClientCredentials>, ReconcileError> {
@@ -298,6 +335,12 @@ async fn renew_and_report<K: CredentialResource>(
     jitter: Jitter,
 ) -> Result<Action, ReconcileError> {
     let uid = obj.uid().unwrap_or_default();
+    // A failed renewal backs off even when something else woke this reconcile early.
+    let held = held_off(&mut lock(&shared.hold_offs), &uid, tokio::time::Instant::now());
+    if let Some(left) = held {
+        tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), retry_in = ?left, "the last renewal failed; waiting out its backoff");
+        return Ok(Action::requeue(left));
+    }
     let now = shared.ctx.clock.now();
     match renew(shared, obj, &tokens, keep).await? {
         Renewed::Stored(new) => {
@@ -381,7 +424,7 @@ async fn renew<K: CredentialResource>(
                 tracing::warn!(kind = %kind, name = %obj.name_any(), error = %e, "storing the rotated token set failed; it stays in memory and is retried first");
                 let attempt = bump(shared, &uid);
                 return Ok(Renewed::Retry(
-                    token::backoff(attempt.min(4), None, Jitter::for_key(&uid)),
+                    save_retry_delay(shared, &uid, attempt, tokens.expires_at),
                     "the new token set could not be stored yet".into(),
                 ));
             }
@@ -425,7 +468,10 @@ async fn renew<K: CredentialResource>(
             let result = if e.is_transient() { "transient_error" } else { "error" };
             shared.metrics.refresh(&kind, result, seconds);
             let attempt = bump(shared, &uid);
-            let delay = token::backoff(attempt, e.retry_after(), Jitter::for_key(&format!("{uid}/{attempt}")));
+            let jitter = Jitter::for_key(&format!("{uid}/{attempt}"));
+            let now = shared.ctx.clock.now();
+            let delay = token::retry_delay(attempt, e.retry_after(), jitter, now, tokens.expires_at);
+            hold_off(&mut lock(&shared.hold_offs), &uid, delay, tokio::time::Instant::now());
             tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "renewing the access token failed");
             Ok(Renewed::Retry(delay, e.category().to_string()))
         }
@@ -718,4 +764,27 @@ async fn revoked_with<K: CredentialResource>(
         .and_then(|s| s.authorization_expires_at.as_ref())
         .map_or(now + jiff::SignedDuration::from_hours(1), |t| t.0);
     Ok(Action::requeue(until(now, expires)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_off_lasts_its_delay_whatever_wakes_the_reconcile() {
+        let mut holds = HashMap::new();
+        let start = tokio::time::Instant::now();
+        assert_eq!(held_off(&mut holds, "uid", start), None);
+        hold_off(&mut holds, "uid", Duration::from_secs(3), start);
+        // Woken early (a watch event, a relist): the rest of the delay is still to wait.
+        tokio::time::advance(Duration::from_millis(1200)).await;
+        assert_eq!(
+            held_off(&mut holds, "uid", tokio::time::Instant::now()),
+            Some(Duration::from_millis(1800))
+        );
+        assert_eq!(held_off(&mut holds, "other", tokio::time::Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(1800)).await;
+        assert_eq!(held_off(&mut holds, "uid", tokio::time::Instant::now()), None);
+        assert!(holds.is_empty(), "a hold-off that ended is forgotten");
+    }
 }

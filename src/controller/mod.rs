@@ -69,6 +69,10 @@ pub struct Shared {
     pub unsaved: Mutex<HashMap<String, TokenSet>>,
     /// Consecutive failed renewals or health checks, by resource uid (for backoff).
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Until when a failed renewal backs off, by resource uid: no reconcile calls Atlassian for
+    /// it before then, whatever woke it (a watch event, a relist, its own status write), so
+    /// the backoff and Atlassian's `Retry-After` hold.
+    pub hold_offs: Mutex<HashMap<String, tokio::time::Instant>>,
     /// The last seen app credentials of each installation (`namespace/name`), so its users keep
     /// refreshing while it is deleted or broken.
     pub app_credentials: Mutex<HashMap<String, (String, SecretKeyRef)>>,
@@ -83,6 +87,7 @@ impl Shared {
             events,
             unsaved: Mutex::default(),
             failures: Mutex::default(),
+            hold_offs: Mutex::default(),
             app_credentials: Mutex::default(),
         }
     }
