@@ -467,6 +467,30 @@ async fn the_http_control_api_drives_the_same_world() {
     assert_eq!(counters["endpoints"]["authorize"], 2);
     assert_eq!(counters["endpoints"]["me"], 3);
     assert_eq!(counters["grant_types"]["authorization_code"], 1);
+    // /me saw Bob's token live once and expired once (the 429 never looked at it).
+    let bearer: Value = http()
+        .get(format!("{base}/_testbed/bearer-counters"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        bearer,
+        json!({"accepted": 1, "missing": 0, "unknown": 0, "expired": 1, "revoked": 0})
+    );
+    // A share of calls: all of them here, then none once cleared.
+    control(&base, "fault-seed", json!({"seed": 7})).await;
+    let share = json!({"endpoint": "tenant_info", "ratio": 1.0, "fault": {"kind": "status", "status": 503}});
+    control(&base, "fault-ratios", share).await;
+    let tenant = format!("{base}/site/acme.atlassian.net/_edge/tenant_info");
+    assert_eq!(get(tenant.clone(), None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        http().delete(format!("{base}/_testbed/faults")).send().await.expect("delete").status(),
+        StatusCode::OK
+    );
+    assert_eq!(get(tenant, None).await.0, StatusCode::OK);
     let issued: Value = http()
         .get(format!("{base}/_testbed/issued"))
         .send()
