@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use confluence_auth_operator::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::*;
@@ -302,23 +302,62 @@ fn api_burst(api: &testbed::apiserver::ApiServer, turn: usize) {
     }
 }
 
+/// Wakes a resource right after Atlassian rate-limited its refresh (an annotation change is a
+/// watch event, so it reconciles at once): the operator must still wait out the `Retry-After`.
+struct Kicker {
+    client: Client,
+    ns: String,
+    /// `kind/name` of the resource of each account.
+    owners: BTreeMap<String, String>,
+    seen: usize,
+    kicks: usize,
+}
+
+impl Kicker {
+    async fn kick_rate_limited(&mut self, env: &Env) {
+        let calls = env.atlassian.refresh_calls();
+        let fresh = calls.get(self.seen..).unwrap_or_default().to_vec();
+        self.seen = calls.len();
+        for call in fresh {
+            if !matches!(call.fault, Some(Fault::RateLimited { .. })) {
+                continue;
+            }
+            let Some(owner) = call.account_id.as_ref().and_then(|a| self.owners.get(a)) else {
+                continue;
+            };
+            let patch = Patch::Merge(json!({"metadata": {"annotations": {"test/kick": format!("{}", self.kicks)}}}));
+            let params = PatchParams::default();
+            let done = match owner.split_once('/') {
+                Some(("cfi", name)) => Api::<ConfluenceInstallation>::namespaced(self.client.clone(), &self.ns)
+                    .patch(name, &params, &patch)
+                    .await
+                    .is_ok(),
+                Some((_, name)) => Api::<ConfluenceUserAuth>::namespaced(self.client.clone(), &self.ns)
+                    .patch(name, &params, &patch)
+                    .await
+                    .is_ok(),
+                None => false,
+            };
+            self.kicks += usize::from(done);
+        }
+    }
+}
+
 /// Keeps the API server misbehaving until `until`: a burst every 4 s (when `bursts`), every
-/// watch dropped every 7 s. Returns (bursts, drops).
-async fn api_trouble(env: &Env, until: Instant, bursts: bool) -> (usize, usize) {
+/// watch dropped every 7 s; wakes every rate-limited resource at once. Returns (bursts, drops).
+async fn api_trouble(env: &Env, until: Instant, bursts: bool, kicker: &mut Kicker) -> (usize, usize) {
     let (mut burst_count, mut drops) = (0, 0);
-    let Some(api) = env.api.as_ref() else {
-        tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-        return (0, 0);
-    };
     let mut tick = 0u64;
     while Instant::now() < until {
-        tokio::time::sleep(Duration::from_secs(1).min(until.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(Duration::from_millis(250).min(until.saturating_duration_since(Instant::now()))).await;
         tick += 1;
-        if bursts && tick % 4 == 0 {
+        kicker.kick_rate_limited(env).await;
+        let Some(api) = env.api.as_ref() else { continue };
+        if bursts && tick % 16 == 0 {
             api_burst(api, burst_count);
             burst_count += 1;
         }
-        if tick % 7 == 0 {
+        if tick % 28 == 0 {
             api.faults().drop_watches();
             drops += 1;
         }
@@ -358,6 +397,7 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
     installations.create(&PostParams::default(), &cfi).await.unwrap();
     consent(&env, &installations, "acme", ADA).await;
     let users: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), &ns);
+    let mut owners = BTreeMap::from([(ADA.to_string(), "cfi/acme".to_string())]);
     for i in 0..USERS {
         let name = format!("u{i}");
         create_user(&client, &ns, &name).await;
@@ -369,7 +409,15 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
             sites: vec![ACME.into()],
         });
         consent(&env, &users, &name, &id).await;
+        owners.insert(id, format!("cfua/{name}"));
     }
+    let mut kicker = Kicker {
+        client: client.clone(),
+        ns: ns.clone(),
+        owners,
+        seen: env.atlassian.refresh_calls().len(),
+        kicks: 0,
+    };
     let codes_before = env.atlassian.counters().grants("authorization_code");
     let refreshes_before = env.atlassian.counters().grants("refresh_token");
     let log_before = env.api.as_ref().map_or(0, |api| api.request_log().len());
@@ -386,7 +434,7 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
     atlassian_faults(&env);
     let stop = Arc::new(AtomicBool::new(false));
     let sampling = sampler(client.clone(), ns.clone(), env.atlassian.url(), stop.clone());
-    let (bursts, drops_a) = api_trouble(&env, Instant::now() + phase_a, true).await;
+    let (bursts, drops_a) = api_trouble(&env, Instant::now() + phase_a, true, &mut kicker).await;
 
     // Phase B: tokens three times `refreshBefore` long, so the lead outlasts the window. Once
     // every resource holds one, the API server refuses writes for the window, from just before
@@ -411,6 +459,7 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
         &env,
         Instant::now() + lead_in.saturating_sub(Duration::from_secs(3)),
         true,
+        &mut kicker,
     )
     .await;
     let (bursts, drops_a) = (bursts + more_bursts, drops_a + drops_switch);
@@ -433,7 +482,7 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
             window,
         );
     }
-    let (_, drops_b) = api_trouble(&env, window_started + window, false).await;
+    let (_, drops_b) = api_trouble(&env, window_started + window, false, &mut kicker).await;
     let refreshes_in_window = env.atlassian.counters().grants("refresh_token") - refreshes_at_window;
 
     // The faults stop: everything converges.
@@ -484,13 +533,14 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
     eprintln!(
         "fault suite: {:.0?} under faults ({phase_a:?} phase A, {window:?} of refused writes), {} refresh calls \
          ({server_errors} 5xx, {rate_limited} 429, {delayed} delayed 2 s), {} refreshes in the write window, \
-         {refused_writes} writes refused, {bursts} API error bursts, {} watch drops, {} samples \
+         {refused_writes} writes refused, {bursts} API error bursts, {} watch drops, {} rate-limited resources woken at once, {} samples \
          (closest expiry seen {:.1} s away, {} Degraded sightings), settled {settled:.1?} after the faults stopped; \
          bearer tokens {:?}; refresh-token reuse {:?}",
         started.elapsed(),
         calls.len(),
         refreshes_in_window,
         drops_a + drops_b,
+        kicker.kicks,
         samples.rounds,
         samples.closest.as_ref().map_or(f64::NAN, |c| c.0),
         samples.degraded_seen,
@@ -510,7 +560,12 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
             .map(|(when, c)| format!("{when}: {:?} -> {}", c.fault, c.status))
             .collect();
         let owner = format!("\"{}\"", secret.trim_end_matches("-token"));
-        let log: Vec<String> = operator.logs().lines().filter(|l| l.contains(&owner)).map(String::from).collect();
+        let log: Vec<String> = operator
+            .logs()
+            .lines()
+            .filter(|l| l.contains(&owner))
+            .map(String::from)
+            .collect();
         eprintln!(
             "{secret} came within {left:.1} s of expiry at {at}; its refresh calls in the 15 s before: {near:#?}\nits log lines:\n{}",
             log[log.len().saturating_sub(40)..].join("\n")

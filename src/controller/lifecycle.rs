@@ -285,6 +285,13 @@ fn save_retry_delay(shared: &Shared, uid: &str, attempt: u32, expires_at: Timest
     token::retry_delay(attempt.min(4), None, Jitter::for_key(uid), now, expires_at)
 }
 
+/// `status.lastRefreshTime` for a stored set: the refresh just made, else when the set was
+/// obtained if a renewal obtained it (not the consent). So a refresh whose own status write
+/// failed (the API server refused it) still shows with the next status write.
+fn last_refresh(just_refreshed: Option<Timestamp>, tokens: &TokenSet) -> Option<Timestamp> {
+    just_refreshed.or_else(|| (tokens.obtained_at > tokens.consented_at).then_some(tokens.obtained_at))
+}
+
 /// Remembers that `uid`'s renewal backs off for `delay` from now.
 fn hold_off(holds: &mut HashMap<String, tokio::time::Instant>, uid: &str, delay: Duration, now: tokio::time::Instant) {
     holds.insert(uid.to_string(), now + delay);
@@ -569,6 +576,7 @@ async fn report<K: CredentialResource>(
         tokens.consented_at,
     );
     let secret_name = keep.token_secret_name.clone();
+    let refreshed = last_refresh(refreshed, tokens);
     let (renewal, may_link, reauth_due) = (keep.policy.renewal, keep.may_link, plan.reauthorization_due);
     let next_refresh = plan.refresh_at;
     let updated = write_status(shared, obj, |obj| {
@@ -769,6 +777,31 @@ async fn revoked_with<K: CredentialResource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_refresh_time_comes_from_the_stored_set_when_its_write_was_missed() {
+        let consent = Timestamp::from_second(1_800_000_000).unwrap();
+        let later = consent + jiff::SignedDuration::from_secs(20);
+        let mut tokens = TokenSet {
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            expires_at: consent + jiff::SignedDuration::from_secs(30),
+            scopes: vec!["offline_access".into()],
+            cloud_id: "c1".into(),
+            site_url: "https://acme.atlassian.net".into(),
+            account_id: "acc".into(),
+            obtained_at: consent,
+            consented_at: consent,
+            installation: None,
+        };
+        // A fresh grant is no refresh.
+        assert_eq!(last_refresh(None, &tokens), None);
+        // A renewed set (its own status write refused): its obtained time.
+        tokens.obtained_at = later;
+        assert_eq!(last_refresh(None, &tokens), Some(later));
+        // Just refreshed: that time.
+        assert_eq!(last_refresh(Some(consent), &tokens), Some(consent));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_hold_off_lasts_its_delay_whatever_wakes_the_reconcile() {

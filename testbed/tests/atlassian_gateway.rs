@@ -487,7 +487,12 @@ async fn the_http_control_api_drives_the_same_world() {
     let tenant = format!("{base}/site/acme.atlassian.net/_edge/tenant_info");
     assert_eq!(get(tenant.clone(), None).await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        http().delete(format!("{base}/_testbed/faults")).send().await.expect("delete").status(),
+        http()
+            .delete(format!("{base}/_testbed/faults"))
+            .send()
+            .await
+            .expect("delete")
+            .status(),
         StatusCode::OK
     );
     assert_eq!(get(tenant, None).await.0, StatusCode::OK);
