@@ -4,8 +4,10 @@
 //! Phase A, 30-second access tokens (the lead is a third of that, 10 s): the stand-in answers
 //! 25 % of token calls with 5xx and 10 % with 429 and `Retry-After` (2 or 3 s), delays another
 //! 10 % by 2 s (the operator's Atlassian timeout is 5 s: latency, not timeouts), and fails 30 %
-//! of the health checks; meanwhile the API server answers bursts of 409 and 500 on Secret and status
-//! writes and reads, and drops every watch every few seconds.
+//! of the health checks; meanwhile the API server answers bursts of 409 and 500 on Secret and
+//! status writes and reads, and drops every watch every 7 s; and a resource Atlassian
+//! rate-limited is woken at once (an annotation change), so the operator must remember its
+//! `Retry-After` rather than rely on its own requeue.
 //!
 //! Phase B: the API server refuses every create, update and patch of Secrets and of both
 //! custom resources with 503 for `FAULT_WINDOW_SECS` (15 s by default; 60 for the long
@@ -28,7 +30,8 @@
 //! the next refresh sends the superseded token), and no new consent.
 //!
 //! `cargo nextest run --test e2e_faults` (about 2.5 minutes); `FAULT_WINDOW_SECS=60` the long
-//! variant (BENCHMARKS.md has its figures).
+//! variant (BENCHMARKS.md has its figures). Against a real cluster (`E2E_KUBECONFIG`) only the
+//! Atlassian faults and the wake-ups run: the API server's faults are the testbed's.
 
 mod support;
 
