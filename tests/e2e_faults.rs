@@ -97,26 +97,6 @@ async fn phases(client: &Client, ns: &str) -> BTreeMap<String, Option<Phase>> {
     out
 }
 
-/// `lastRefreshTime` and `nextRefreshTime` of every resource, by `kind/name`.
-async fn refresh_times(client: &Client, ns: &str) -> BTreeMap<String, (Option<Timestamp>, Option<Timestamp>)> {
-    let installations: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), ns);
-    let users: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), ns);
-    let times = |s: Option<&confluence_auth_operator::crd::CredentialStatus>| {
-        (
-            s.and_then(|s| s.last_refresh_time.as_ref()).map(|t| t.0),
-            s.and_then(|s| s.next_refresh_time.as_ref()).map(|t| t.0),
-        )
-    };
-    let mut out = BTreeMap::new();
-    for cfi in installations.list(&ListParams::default()).await.unwrap().items {
-        out.insert(format!("cfi/{}", cfi.name_any()), times(cfi.credential()));
-    }
-    for cfua in users.list(&ListParams::default()).await.unwrap().items {
-        out.insert(format!("cfua/{}", cfua.name_any()), times(cfua.credential()));
-    }
-    out
-}
-
 /// One token Secret as a pod sees it.
 struct Mounted {
     name: String,
@@ -356,11 +336,11 @@ async fn api_trouble(env: &Env, until: Instant, bursts: bool, kicker: &mut Kicke
         tick += 1;
         kicker.kick_rate_limited(env).await;
         let Some(api) = env.api.as_ref() else { continue };
-        if bursts && tick % 16 == 0 {
+        if bursts && tick.is_multiple_of(16) {
             api_burst(api, burst_count);
             burst_count += 1;
         }
-        if tick % 28 == 0 {
+        if tick.is_multiple_of(28) {
             api.faults().drop_watches();
             drops += 1;
         }
@@ -446,17 +426,24 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
     env.atlassian.set_access_token_lifetime(long_token);
     let switched = Timestamp::now();
     let switch_started = Instant::now();
-    let first_due = loop {
-        let times = refresh_times(&client, &ns).await;
-        if times.values().all(|(last, _)| last.is_some_and(|t| t > switched)) {
-            break times.values().filter_map(|(_, next)| *next).min().unwrap();
+    // A short token issued before the switch expires within SHORT_TOKEN of it; a long one is
+    // good for much longer. (Not `lastRefreshTime`: a call in flight at the switch started
+    // before it and still brings a long token.)
+    let short_horizon = switched + jiff::SignedDuration::try_from(SHORT_TOKEN + Duration::from_secs(2)).unwrap();
+    let earliest_expiry = loop {
+        let mounted = token_secrets(&client, &ns).await;
+        if mounted.len() == USERS + 1 && mounted.iter().all(|m| m.expires_at > short_horizon) {
+            break mounted.iter().map(|m| m.expires_at).min().unwrap();
         }
         assert!(
             switch_started.elapsed() < Duration::from_secs(90),
-            "not every resource refreshed onto a long token: {times:?}"
+            "not every token Secret got a long token: {:?}",
+            mounted.iter().map(|m| (&m.name, m.expires_at)).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    // The first refresh of a long token is due a lead (refreshBefore, ±10 %) before it expires.
+    let first_due = earliest_expiry - jiff::SignedDuration::try_from(refresh_before.mul_f64(1.1)).unwrap();
     let lead_in = Duration::try_from(first_due.duration_since(Timestamp::now())).unwrap_or_default();
     let (more_bursts, drops_switch) = api_trouble(
         &env,
