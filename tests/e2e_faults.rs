@@ -570,12 +570,34 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
         .expired
         .iter()
         .filter(|e| !atlassian_refused_all(&calls, clock, &e.account_id, e.expires_at, Duration::from_secs(9)))
-        .map(Expired::describe)
+        .map(|e| {
+            // What that resource went through: its refresh calls and its log lines.
+            let from = e.expires_at - jiff::SignedDuration::from_secs(20);
+            let tries: Vec<String> = calls
+                .iter()
+                .filter(|c| c.account_id.as_deref() == Some(e.account_id.as_str()))
+                .map(|c| (clock.1 + jiff::SignedDuration::try_from(c.at - clock.0).unwrap(), c))
+                .filter(|(when, _)| (from..=e.seen_at).contains(when))
+                .map(|(when, c)| format!("{when}: {:?} -> {}", c.fault, c.status))
+                .collect();
+            let owner = format!("\"{}\"", e.secret.trim_end_matches("-token"));
+            let log: Vec<String> = operator
+                .logs()
+                .lines()
+                .filter(|l| l.contains(&owner) && !l.contains("status written"))
+                .map(String::from)
+                .collect();
+            format!(
+                "{}\nrefresh calls: {tries:#?}\nlog:\n{}",
+                e.describe(),
+                log[log.len().saturating_sub(30)..].join("\n")
+            )
+        })
         .collect();
     assert!(
         unexcused.is_empty(),
-        "a token Secret held an expired token while Atlassian answered: {unexcused:#?}\noperator log tail:\n{}",
-        operator.logs().lines().rev().take(60).collect::<Vec<_>>().join("\n")
+        "a token Secret held an expired token while Atlassian answered:\n{}",
+        unexcused.join("\n\n")
     );
     if samples.expired.is_empty() {
         assert_eq!(bearer.expired, 0, "the stand-in saw an expired token used");

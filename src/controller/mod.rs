@@ -311,7 +311,11 @@ fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shar
         *count += 1;
         *count - 1
     };
-    let delay = error_delay(attempt, &key);
+    let expires = obj
+        .credential()
+        .and_then(|s| s.access_token_expires_at.as_ref())
+        .map(|t| t.0);
+    let delay = error_delay(attempt, &key, shared.ctx.clock.now(), expires);
     tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), category = error.category(), error = %error, attempt, retry_in = ?delay, "reconcile failed");
     shared.metrics.reconcile_error(K::kind(&()).as_ref(), error.category());
     Action::requeue(delay)
@@ -327,12 +331,17 @@ fn error_key(kind: &str, namespace: Option<&str>, name: &str) -> String {
 }
 
 /// The wait after the `attempt`th consecutive failed reconcile (0 for the first): about 1 s,
-/// doubling, at most [`ERROR_RETRY_MAX`]. A short first retry matters: a refresh that was due
-/// when an API call failed (a 500 burst) waits this long, and a short-lived token's lead is
-/// only seconds (a fixed 5 s took half of a 10 s lead in the fault suite).
-fn error_delay(attempt: u32, key: &str) -> Duration {
+/// doubling, at most [`ERROR_RETRY_MAX`], and at most a third of the time the access token in
+/// status (`expires`) has left, as for a failed renewal. A short retry matters: a refresh that
+/// was due when an API call failed (a 500 burst) waits this long, and a short-lived token's
+/// lead is only seconds (a fixed 5 s took half of a 10 s lead in the fault suite).
+fn error_delay(attempt: u32, key: &str, now: Timestamp, expires: Option<Timestamp>) -> Duration {
     let jitter = crate::token::Jitter::for_key(&format!("{key}/{attempt}"));
-    crate::token::backoff(attempt, None, jitter).min(ERROR_RETRY_MAX)
+    let delay = match expires {
+        Some(expires_at) => crate::token::retry_delay(attempt, None, jitter, now, expires_at),
+        None => crate::token::backoff(attempt, None, jitter),
+    };
+    delay.min(ERROR_RETRY_MAX)
 }
 
 /// Writes status through `change` (re-read, changed, replaced; no write when nothing changes)
@@ -563,13 +572,17 @@ mod tests {
     fn failed_reconciles_retry_after_about_a_second_then_back_off_to_five() {
         let key = error_key("ConfluenceUserAuth", Some("ns"), "u1");
         assert_eq!(key, "ConfluenceUserAuth/ns/u1");
-        let delays: Vec<Duration> = (0..8).map(|a| error_delay(a, &key)).collect();
+        let delays: Vec<Duration> = (0..8).map(|a| error_delay(a, &key, at(0), None)).collect();
         // ±20 % jitter around 1, 2, 4 s; then the cap.
         for (attempt, base) in [1.0, 2.0, 4.0].iter().enumerate() {
             let d = delays[attempt].as_secs_f64();
             assert!((base * 0.8..=base * 1.2).contains(&d), "attempt {attempt}: {d}");
         }
         assert!(delays[3..].iter().all(|d| *d == ERROR_RETRY_MAX), "{delays:?}");
+        // An hour of token left changes nothing; 3 s left: a retry within a second.
+        assert_eq!(error_delay(5, &key, at(0), Some(at(3600))), ERROR_RETRY_MAX);
+        assert_eq!(error_delay(5, &key, at(0), Some(at(3))), Duration::from_secs(1));
+        assert_eq!(error_delay(5, &key, at(0), Some(at(1))), crate::token::MIN_RETRY);
     }
 
     #[test]
