@@ -55,8 +55,10 @@ enum Renewed {
     Revoked(String),
     /// The app's credentials were refused.
     InvalidClient,
-    /// Try again after this long.
-    Retry(Duration, String),
+    /// Try again after the first duration. The second is the plain backoff: `Degraded` when the
+    /// token would expire before it (as before retries near expiry were hurried), so the phase
+    /// warns while the hurried retries still try.
+    Retry(Duration, Duration, String),
 }
 
 /// One pass over a resource that has a stored token set.
@@ -368,8 +370,8 @@ async fn renew_and_report<K: CredentialResource>(
             let message = "Atlassian rejected the app's client id or client secret: check spec.clientId and the client secret Secret".to_string();
             super::report_failed(shared, obj, reason::INVALID_CLIENT_CREDENTIALS, message).await
         }
-        Renewed::Retry(delay, why) => {
-            let degraded = token::expires_before_retry(now, tokens.expires_at, delay);
+        Renewed::Retry(delay, backoff, why) => {
+            let degraded = token::expires_before_retry(now, tokens.expires_at, backoff);
             let facts = facts_of(obj, &tokens);
             let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
             let failure = degraded.then(|| {
@@ -402,8 +404,10 @@ async fn renew<K: CredentialResource>(
     let uid = obj.uid().unwrap_or_default();
     let Some(credentials) = client_secret(shared, &keep.app).await? else {
         let attempt = bump(shared, &uid);
+        let delay = token::backoff(attempt, None, Jitter::for_key(&uid));
         return Ok(Renewed::Retry(
-            token::backoff(attempt, None, Jitter::for_key(&uid)),
+            delay,
+            delay,
             format!(
                 "the client secret Secret {:?} key {:?} is missing",
                 keep.app.secret_ref.name, keep.app.secret_ref.key
@@ -432,6 +436,7 @@ async fn renew<K: CredentialResource>(
                 let attempt = bump(shared, &uid);
                 return Ok(Renewed::Retry(
                     save_retry_delay(shared, &uid, attempt, tokens.expires_at),
+                    token::backoff(attempt.min(4), None, Jitter::for_key(&uid)),
                     "the new token set could not be stored yet".into(),
                 ));
             }
@@ -453,6 +458,7 @@ async fn renew<K: CredentialResource>(
                 shared.metrics.refresh(&kind, "superseded", seconds);
                 tracing::info!(kind = %kind, name = %obj.name_any(), "the vault already holds a newer refresh token; using it");
                 return Ok(Renewed::Retry(
+                    Duration::from_secs(1),
                     Duration::from_secs(1),
                     "the refresh token was already rotated".into(),
                 ));
@@ -478,9 +484,10 @@ async fn renew<K: CredentialResource>(
             let jitter = Jitter::for_key(&format!("{uid}/{attempt}"));
             let now = shared.ctx.clock.now();
             let delay = token::retry_delay(attempt, e.retry_after(), jitter, now, tokens.expires_at);
+            let backoff = token::backoff(attempt, e.retry_after(), jitter);
             hold_off(&mut lock(&shared.hold_offs), &uid, delay, tokio::time::Instant::now());
             tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "renewing the access token failed");
-            Ok(Renewed::Retry(delay, e.category().to_string()))
+            Ok(Renewed::Retry(delay, backoff, e.category().to_string()))
         }
     }
 }
