@@ -462,6 +462,17 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
             mounted.name
         );
     }
+    let left = |mounted: Vec<Mounted>| -> Vec<i64> {
+        let now = Timestamp::now();
+        mounted
+            .iter()
+            .map(|m| m.expires_at.duration_since(now).as_secs())
+            .collect()
+    };
+    eprintln!(
+        "write window opens: seconds left of each token Secret {:?}",
+        left(token_secrets(&client, &ns).await)
+    );
     let refreshes_at_window = env.atlassian.counters().grants("refresh_token");
     let window_started = Instant::now();
     if let Some(api) = &env.api {
@@ -474,6 +485,10 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
     }
     let (_, drops_b) = api_trouble(&env, window_started + window, false, &mut kicker).await;
     let refreshes_in_window = env.atlassian.counters().grants("refresh_token") - refreshes_at_window;
+    eprintln!(
+        "write window closes after {refreshes_in_window} refresh calls: seconds left {:?}",
+        left(token_secrets(&client, &ns).await)
+    );
 
     // The faults stop: everything converges.
     env.atlassian.clear_faults();
