@@ -21,9 +21,11 @@
 //!
 //! Asserted throughout (a sampler every half second): no token Secret holds an expired token
 //! (its `expires_at`, and the stand-in's own view: a pod-style reader calls the Confluence API
-//! with it and the stand-in counts every expired or revoked bearer token), unless Atlassian
-//! refused every attempt of that resource for the whole lead (then Atlassian was not reachable
-//! for it); no resource ever `Revoked` or `Failed`. Afterwards: no refresh call of a token
+//! with it and the stand-in counts every expired or revoked bearer token), unless Atlassian gave
+//! that resource no new token in time (at least three attempts in the lead, each refused or
+//! answered only after the expiry: Atlassian was not reachable for it; with these fault rates
+//! that takes five or six failures in a row, and the run prints such Secrets); no resource ever
+//! `Revoked` or `Failed`. Afterwards: no refresh call of a token
 //! family before the `Retry-After` its last 429 named (the stand-in's record of refresh calls);
 //! once the faults stop, every resource Ready with a token the stand-in accepts, no refresh
 //! token ever sent twice (within or after the leeway: a lost rotation would show as a reuse, as
@@ -205,8 +207,9 @@ fn sampler(client: Client, ns: String, atlassian: String, stop: Arc<AtomicBool>)
     })
 }
 
-/// True when Atlassian refused every refresh of `account` during the `lead` before `expires_at`
-/// (at least three attempts, none answered 200): Atlassian was not reachable for it.
+/// True when Atlassian gave `account` no new token in time: at least three refresh attempts
+/// during the `lead` before `expires_at`, none answered 200 before it (an answer delayed past
+/// the expiry came too late). Atlassian was then not reachable for it.
 fn atlassian_refused_all(
     calls: &[RefreshCall],
     clock: (Instant, Timestamp),
@@ -221,7 +224,11 @@ fn atlassian_refused_all(
         .filter(|c| c.account_id.as_deref() == Some(account))
         .filter(|c| (from..=expires_at).contains(&at(c)))
         .collect();
-    tries.len() >= 3 && tries.iter().all(|c| c.status != 200)
+    let answered = |c: &RefreshCall| match c.fault {
+        Some(Fault::Delay { millis }) => at(c) + jiff::SignedDuration::from_millis(millis as i64),
+        _ => at(c),
+    };
+    tries.len() >= 3 && tries.iter().all(|c| c.status != 200 || answered(c) > expires_at)
 }
 
 /// Every call of a family that followed a 429 came after the `Retry-After` it named. Returns
@@ -581,6 +588,13 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
         "Revoked or Failed seen: {:#?}",
         samples.bad_phases
     );
+    let excused: std::collections::BTreeSet<&str> = samples
+        .expired
+        .iter()
+        .filter(|e| atlassian_refused_all(&calls, clock, &e.account_id, e.expires_at, Duration::from_secs(9)))
+        .map(|e| e.secret.as_str())
+        .collect();
+    eprintln!("token Secrets that expired while Atlassian gave no new token in time: {excused:?}");
     let unexcused: Vec<String> = samples
         .expired
         .iter()
