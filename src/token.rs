@@ -211,6 +211,34 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>, jitter: Jitter) -> D
     delay.max(retry_after.unwrap_or(Duration::ZERO))
 }
 
+/// Shortest retry [`retry_delay`] shortens a backoff to, so a token about to expire is not
+/// hammered.
+pub const MIN_RETRY: Duration = Duration::from_millis(500);
+
+/// The wait before retrying a failed renewal (or the write of its result) while the access
+/// token pods read expires at `expires_at`: the [`backoff`], but at most a third of the time the
+/// token has left (never under [`MIN_RETRY`]), so several attempts still fit before it expires
+/// (about eight in the last 10 s), and never shorter than Atlassian's `Retry-After`. An expired
+/// token gets the plain backoff.
+pub fn retry_delay(
+    attempt: u32,
+    retry_after: Option<Duration>,
+    jitter: Jitter,
+    now: Timestamp,
+    expires_at: Timestamp,
+) -> Duration {
+    let delay = backoff(attempt, retry_after, jitter);
+    let Ok(left) = Duration::try_from(expires_at.duration_since(now)) else {
+        return delay;
+    };
+    if left.is_zero() {
+        return delay;
+    }
+    delay
+        .min((left / 3).max(MIN_RETRY))
+        .max(retry_after.unwrap_or(Duration::ZERO))
+}
+
 /// True when a retry after `delay` would come too late: the access token expires first.
 pub fn expires_before_retry(now: Timestamp, expires_at: Timestamp, delay: Duration) -> bool {
     let retry = now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX);
@@ -222,6 +250,36 @@ mod tests {
     use rstest::rstest;
 
     use super::*;
+
+    #[rstest]
+    // Far from expiry: the plain backoff (1 s, 2 s, 4 s, ... from attempt 0).
+    #[case::far_from_expiry(3, None, 3600, secs(8))]
+    #[case::retry_after_honoured(0, Some(secs(30)), 3600, secs(30))]
+    // 9 s left: the 16 s backoff shrinks to a third of it, so attempts keep fitting.
+    #[case::capped_to_a_third_of_what_is_left(4, None, 9, secs(3))]
+    #[case::small_backoff_not_stretched(1, None, 9, secs(2))]
+    #[case::expired_gets_the_plain_backoff(4, None, 0, secs(16))]
+    // Retry-After wins even when the token dies first (the caller then reports Degraded).
+    #[case::retry_after_beyond_expiry(4, Some(secs(20)), 9, secs(20))]
+    fn retry_delays(
+        #[case] attempt: u32,
+        #[case] retry_after: Option<Duration>,
+        #[case] left_secs: i64,
+        #[case] want: Duration,
+    ) {
+        let now = at(0);
+        let expires = at(left_secs);
+        assert_eq!(retry_delay(attempt, retry_after, Jitter::NONE, now, expires), want);
+    }
+
+    #[test]
+    fn retry_delay_floor_applies_when_a_third_of_what_is_left_is_tiny() {
+        let now = at(0);
+        let expires = now + SignedDuration::from_millis(900);
+        assert_eq!(retry_delay(5, None, Jitter::NONE, now, expires), MIN_RETRY);
+        // Expired already: the plain backoff (nothing left to protect).
+        assert_eq!(retry_delay(5, None, Jitter::NONE, at(10), at(5)), secs(32));
+    }
 
     const T0: i64 = 1_800_000_000;
 

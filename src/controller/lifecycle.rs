@@ -6,6 +6,7 @@
 //! token set is kept in memory until its vault write lands; while it is there, nothing else is
 //! sent to Atlassian for that resource.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -54,8 +55,10 @@ enum Renewed {
     Revoked(String),
     /// The app's credentials were refused.
     InvalidClient,
-    /// Try again after this long.
-    Retry(Duration, String),
+    /// Try again after the first duration. The second is the plain backoff: `Degraded` when the
+    /// token would expire before it (as before retries near expiry were hurried), so the phase
+    /// warns while the hurried retries still try.
+    Retry(Duration, Duration, String),
 }
 
 /// One pass over a resource that has a stored token set.
@@ -72,7 +75,8 @@ pub async fn keep_alive<K: CredentialResource>(
     let unsaved = lock(&shared.unsaved).get(&uid).cloned();
     if let Some(unsaved) = unsaved {
         if let Err(e) = save(shared, obj, &unsaved, keep).await {
-            return Ok(retry_save(shared, obj, &uid, &e));
+            // Pods still read the previous token: retry while it lives.
+            return Ok(retry_save(shared, obj, &uid, &e, tokens.expires_at));
         }
         lock(&shared.unsaved).remove(&uid);
         refreshed = Some(unsaved.obtained_at);
@@ -293,12 +297,53 @@ async fn save<K: CredentialResource>(
     .await
 }
 
-/// The rotated set is not stored yet: retry soon, never refresh meanwhile.
-fn retry_save<K: CredentialResource>(shared: &Shared, obj: &K, uid: &str, e: &store::StoreError) -> Action {
+/// The rotated set is not stored yet: retry soon (before the token pods read, which expires at
+/// `expires_at`, dies), never refresh meanwhile.
+fn retry_save<K: CredentialResource>(
+    shared: &Shared,
+    obj: &K,
+    uid: &str,
+    e: &store::StoreError,
+    expires_at: Timestamp,
+) -> Action {
     let attempt = bump(shared, uid);
-    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), category = e.category(), error = %e, attempt, "storing a rotated token set failed; retrying before anything else");
+    let delay = save_retry_delay(shared, uid, attempt, expires_at);
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "storing a rotated token set failed; retrying before anything else");
     shared.metrics.reconcile_error(&K::kind(&()), e.category());
-    Action::requeue(token::backoff(attempt.min(4), None, Jitter::for_key(uid)))
+    Action::requeue(delay)
+}
+
+/// When to retry writing a rotated set: backoff capped at 16 s, and at a third of what the token
+/// in the token Secret (expiring at `expires_at`) has left.
+fn save_retry_delay(shared: &Shared, uid: &str, attempt: u32, expires_at: Timestamp) -> Duration {
+    let now = shared.ctx.clock.now();
+    token::retry_delay(attempt.min(4), None, Jitter::for_key(uid), now, expires_at)
+}
+
+/// `status.lastRefreshTime` for a stored set: the refresh just made, else when the set was
+/// obtained if a renewal obtained it (not the consent). So a refresh whose own status write
+/// failed (the API server refused it) still shows with the next status write.
+fn last_refresh(just_refreshed: Option<Timestamp>, tokens: &TokenSet) -> Option<Timestamp> {
+    just_refreshed.or_else(|| (tokens.obtained_at > tokens.consented_at).then_some(tokens.obtained_at))
+}
+
+/// Remembers that `uid`'s renewal backs off for `delay` from now.
+fn hold_off(holds: &mut HashMap<String, tokio::time::Instant>, uid: &str, delay: Duration, now: tokio::time::Instant) {
+    holds.insert(uid.to_string(), now + delay);
+}
+
+/// How long `uid`'s renewal still backs off, if it does.
+fn held_off(
+    holds: &mut HashMap<String, tokio::time::Instant>,
+    uid: &str,
+    now: tokio::time::Instant,
+) -> Option<Duration> {
+    let left = holds.get(uid).map(|at| at.saturating_duration_since(now))?;
+    if left.is_zero() {
+        holds.remove(uid);
+        return None;
+    }
+    Some(left)
 }
 
 /// Counts one more consecutive failure; returns the attempt number (0 for the first).
@@ -311,6 +356,7 @@ fn bump(shared: &Shared, uid: &str) -> u32 {
 
 fn reset(shared: &Shared, uid: &str) {
     lock(&shared.failures).remove(uid);
+    lock(&shared.hold_offs).remove(uid);
 }
 
 async fn client_secret(shared: &Shared, app: &AppCredentials) -> Result<Option<ClientCredentials>, ReconcileError> {
@@ -331,6 +377,12 @@ async fn renew_and_report<K: CredentialResource>(
     jitter: Jitter,
 ) -> Result<Action, ReconcileError> {
     let uid = obj.uid().unwrap_or_default();
+    // A failed renewal backs off even when something else woke this reconcile early.
+    let held = held_off(&mut lock(&shared.hold_offs), &uid, tokio::time::Instant::now());
+    if let Some(left) = held {
+        tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), retry_in = ?left, "the last renewal failed; waiting out its backoff");
+        return Ok(Action::requeue(left));
+    }
     let now = shared.ctx.clock.now();
     match renew(shared, obj, &tokens, keep).await? {
         Renewed::Stored(new) => {
@@ -351,8 +403,8 @@ async fn renew_and_report<K: CredentialResource>(
             let message = "Atlassian rejected the app's client id or client secret: check spec.clientId and the client secret Secret".to_string();
             super::report_failed(shared, obj, reason::INVALID_CLIENT_CREDENTIALS, message).await
         }
-        Renewed::Retry(delay, why) => {
-            let degraded = token::expires_before_retry(now, tokens.expires_at, delay);
+        Renewed::Retry(delay, backoff, why) => {
+            let degraded = token::expires_before_retry(now, tokens.expires_at, backoff);
             let facts = facts_of(obj, &tokens);
             let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
             let failure = degraded.then(|| {
@@ -385,8 +437,10 @@ async fn renew<K: CredentialResource>(
     let uid = obj.uid().unwrap_or_default();
     let Some(credentials) = client_secret(shared, &keep.app).await? else {
         let attempt = bump(shared, &uid);
+        let delay = token::backoff(attempt, None, Jitter::for_key(&uid));
         return Ok(Renewed::Retry(
-            token::backoff(attempt, None, Jitter::for_key(&uid)),
+            delay,
+            delay,
             format!(
                 "the client secret Secret {:?} key {:?} is missing",
                 keep.app.secret_ref.name, keep.app.secret_ref.key
@@ -414,6 +468,7 @@ async fn renew<K: CredentialResource>(
                 tracing::warn!(kind = %kind, name = %obj.name_any(), error = %e, "storing the rotated token set failed; it stays in memory and is retried first");
                 let attempt = bump(shared, &uid);
                 return Ok(Renewed::Retry(
+                    save_retry_delay(shared, &uid, attempt, tokens.expires_at),
                     token::backoff(attempt.min(4), None, Jitter::for_key(&uid)),
                     "the new token set could not be stored yet".into(),
                 ));
@@ -437,6 +492,7 @@ async fn renew<K: CredentialResource>(
                 tracing::info!(kind = %kind, name = %obj.name_any(), "the vault already holds a newer refresh token; using it");
                 return Ok(Renewed::Retry(
                     Duration::from_secs(1),
+                    Duration::from_secs(1),
                     "the refresh token was already rotated".into(),
                 ));
             }
@@ -458,9 +514,13 @@ async fn renew<K: CredentialResource>(
             let result = if e.is_transient() { "transient_error" } else { "error" };
             shared.metrics.refresh(&kind, result, seconds);
             let attempt = bump(shared, &uid);
-            let delay = token::backoff(attempt, e.retry_after(), Jitter::for_key(&format!("{uid}/{attempt}")));
+            let jitter = Jitter::for_key(&format!("{uid}/{attempt}"));
+            let now = shared.ctx.clock.now();
+            let delay = token::retry_delay(attempt, e.retry_after(), jitter, now, tokens.expires_at);
+            let backoff = token::backoff(attempt, e.retry_after(), jitter);
+            hold_off(&mut lock(&shared.hold_offs), &uid, delay, tokio::time::Instant::now());
             tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "renewing the access token failed");
-            Ok(Renewed::Retry(delay, e.category().to_string()))
+            Ok(Renewed::Retry(delay, backoff, e.category().to_string()))
         }
     }
 }
@@ -556,6 +616,7 @@ async fn report<K: CredentialResource>(
         tokens.consented_at,
     );
     let secret_name = keep.token_secret_name.clone();
+    let refreshed = last_refresh(refreshed, tokens);
     let (renewal, may_link, reauth_due) = (keep.policy.renewal, keep.may_link, plan.reauthorization_due);
     let next_refresh = plan.refresh_at;
     let updated = write_status(shared, obj, |obj| {
@@ -717,4 +778,52 @@ async fn revoked_with<K: CredentialResource>(
         access_token_expires_at: Some(tokens.expires_at),
     };
     needs_consent(shared, obj, consent, jiff::SignedDuration::from_hours(1)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_refresh_time_comes_from_the_stored_set_when_its_write_was_missed() {
+        let consent = Timestamp::from_second(1_800_000_000).unwrap();
+        let later = consent + jiff::SignedDuration::from_secs(20);
+        let mut tokens = TokenSet {
+            access_token: "at".into(),
+            refresh_token: Some("rt".into()),
+            expires_at: consent + jiff::SignedDuration::from_secs(30),
+            scopes: vec!["offline_access".into()],
+            cloud_id: "c1".into(),
+            site_url: "https://acme.atlassian.net".into(),
+            account_id: "acc".into(),
+            obtained_at: consent,
+            consented_at: consent,
+            installation: None,
+        };
+        // A fresh grant is no refresh.
+        assert_eq!(last_refresh(None, &tokens), None);
+        // A renewed set (its own status write refused): its obtained time.
+        tokens.obtained_at = later;
+        assert_eq!(last_refresh(None, &tokens), Some(later));
+        // Just refreshed: that time.
+        assert_eq!(last_refresh(Some(consent), &tokens), Some(consent));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_off_lasts_its_delay_whatever_wakes_the_reconcile() {
+        let mut holds = HashMap::new();
+        let start = tokio::time::Instant::now();
+        assert_eq!(held_off(&mut holds, "uid", start), None);
+        hold_off(&mut holds, "uid", Duration::from_secs(3), start);
+        // Woken early (a watch event, a relist): the rest of the delay is still to wait.
+        tokio::time::advance(Duration::from_millis(1200)).await;
+        assert_eq!(
+            held_off(&mut holds, "uid", tokio::time::Instant::now()),
+            Some(Duration::from_millis(1800))
+        );
+        assert_eq!(held_off(&mut holds, "other", tokio::time::Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(1800)).await;
+        assert_eq!(held_off(&mut holds, "uid", tokio::time::Instant::now()), None);
+        assert!(holds.is_empty(), "a hold-off that ended is forgotten");
+    }
 }

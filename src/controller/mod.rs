@@ -69,6 +69,13 @@ pub struct Shared {
     pub unsaved: Mutex<HashMap<String, TokenSet>>,
     /// Consecutive failed renewals or health checks, by resource uid (for backoff).
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failed reconciles, by `kind/namespace/name` (the error policy's backoff;
+    /// forgotten on the next successful reconcile).
+    pub reconcile_errors: Mutex<HashMap<String, u32>>,
+    /// Until when a failed renewal backs off, by resource uid: no reconcile calls Atlassian for
+    /// it before then, whatever woke it (a watch event, a relist, its own status write), so
+    /// the backoff and Atlassian's `Retry-After` hold.
+    pub hold_offs: Mutex<HashMap<String, tokio::time::Instant>>,
     /// The last seen app credentials of each installation (`namespace/name`), so its users keep
     /// refreshing while it is deleted or broken.
     pub app_credentials: Mutex<HashMap<String, (String, SecretKeyRef)>>,
@@ -83,6 +90,8 @@ impl Shared {
             events,
             unsaved: Mutex::default(),
             failures: Mutex::default(),
+            hold_offs: Mutex::default(),
+            reconcile_errors: Mutex::default(),
             app_credentials: Mutex::default(),
         }
     }
@@ -176,6 +185,10 @@ fn on_result<K: CredentialResource>(
     shared: &Shared,
     result: Result<(ObjectRef<K>, Action), runtime::Error<ReconcileError, watcher::Error>>,
 ) {
+    if let Ok((done, _)) = &result {
+        let key = error_key(&K::kind(&()), done.namespace.as_deref(), &done.name);
+        lock(&shared.reconcile_errors).remove(&key);
+    }
     if let Err(runtime::Error::ObjectNotFound(gone)) = result {
         let namespace = gone.namespace.clone().unwrap_or_default();
         shared.metrics.forget(&namespace, &K::kind(&()), &gone.name);
@@ -321,14 +334,51 @@ fn slim<K: kube::Resource>(obj: &mut K) {
 fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shared: Arc<Shared>) -> Action {
     if error.is_not_found() {
         // Deleted while reconciling: forget it (its Secrets go with it).
+        let key = error_key(&K::kind(&()), obj.namespace().as_deref(), &obj.name_any());
+        lock(&shared.reconcile_errors).remove(&key);
         shared
             .metrics
             .forget(&obj.namespace().unwrap_or_default(), &K::kind(&()), &obj.name_any());
         return Action::await_change();
     }
-    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), category = error.category(), error = %error, "reconcile failed");
+    let key = error_key(&K::kind(&()), obj.namespace().as_deref(), &obj.name_any());
+    let attempt = {
+        let mut errors = lock(&shared.reconcile_errors);
+        let count = errors.entry(key.clone()).or_insert(0);
+        *count += 1;
+        *count - 1
+    };
+    let expires = obj
+        .credential()
+        .and_then(|s| s.access_token_expires_at.as_ref())
+        .map(|t| t.0);
+    let delay = error_delay(attempt, &key, shared.ctx.clock.now(), expires);
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), namespace = ?obj.namespace(), category = error.category(), error = %error, attempt, retry_in = ?delay, "reconcile failed");
     shared.metrics.reconcile_error(K::kind(&()).as_ref(), error.category());
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
+}
+
+/// Longest wait after a failed reconcile: the old fixed delay, so a refresh that comes due
+/// while the API server keeps failing waits no longer than it did.
+const ERROR_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The key of an object in [`Shared::reconcile_errors`].
+fn error_key(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    format!("{kind}/{}/{name}", namespace.unwrap_or_default())
+}
+
+/// The wait after the `attempt`th consecutive failed reconcile (0 for the first): about 1 s,
+/// doubling, at most [`ERROR_RETRY_MAX`], and at most a third of the time the access token in
+/// status (`expires`) has left, as for a failed renewal. A short retry matters: a refresh that
+/// was due when an API call failed (a 500 burst) waits this long, and a short-lived token's
+/// lead is only seconds (a fixed 5 s took half of a 10 s lead in the fault suite).
+fn error_delay(attempt: u32, key: &str, now: Timestamp, expires: Option<Timestamp>) -> Duration {
+    let jitter = crate::token::Jitter::for_key(&format!("{key}/{attempt}"));
+    let delay = match expires {
+        Some(expires_at) => crate::token::retry_delay(attempt, None, jitter, now, expires_at),
+        None => crate::token::backoff(attempt, None, jitter),
+    };
+    delay.min(ERROR_RETRY_MAX)
 }
 
 /// Writes status through `change` (re-read, changed, replaced; no write when nothing changes)
@@ -564,6 +614,23 @@ mod tests {
         assert!(needs_new_link(Some(&status), at(200)));
         status.authorization_nonce_hash = None;
         assert!(needs_new_link(Some(&status), at(100)));
+    }
+
+    #[test]
+    fn failed_reconciles_retry_after_about_a_second_then_back_off_to_five() {
+        let key = error_key("ConfluenceUserAuth", Some("ns"), "u1");
+        assert_eq!(key, "ConfluenceUserAuth/ns/u1");
+        let delays: Vec<Duration> = (0..8).map(|a| error_delay(a, &key, at(0), None)).collect();
+        // ±20 % jitter around 1, 2, 4 s; then the cap.
+        for (attempt, base) in [1.0, 2.0, 4.0].iter().enumerate() {
+            let d = delays[attempt].as_secs_f64();
+            assert!((base * 0.8..=base * 1.2).contains(&d), "attempt {attempt}: {d}");
+        }
+        assert!(delays[3..].iter().all(|d| *d == ERROR_RETRY_MAX), "{delays:?}");
+        // An hour of token left changes nothing; 3 s left: a retry within a second.
+        assert_eq!(error_delay(5, &key, at(0), Some(at(3600))), ERROR_RETRY_MAX);
+        assert_eq!(error_delay(5, &key, at(0), Some(at(3))), Duration::from_secs(1));
+        assert_eq!(error_delay(5, &key, at(0), Some(at(1))), crate::token::MIN_RETRY);
     }
 
     #[test]

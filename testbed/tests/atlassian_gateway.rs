@@ -467,6 +467,35 @@ async fn the_http_control_api_drives_the_same_world() {
     assert_eq!(counters["endpoints"]["authorize"], 2);
     assert_eq!(counters["endpoints"]["me"], 3);
     assert_eq!(counters["grant_types"]["authorization_code"], 1);
+    // /me saw Bob's token live once and expired once (the 429 never looked at it).
+    let bearer: Value = http()
+        .get(format!("{base}/_testbed/bearer-counters"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        bearer,
+        json!({"accepted": 1, "missing": 0, "unknown": 0, "expired": 1, "revoked": 0})
+    );
+    // A share of calls: all of them here, then none once cleared.
+    control(&base, "fault-seed", json!({"seed": 7})).await;
+    let share = json!({"endpoint": "tenant_info", "ratio": 1.0, "fault": {"kind": "status", "status": 503}});
+    control(&base, "fault-ratios", share).await;
+    let tenant = format!("{base}/site/acme.atlassian.net/_edge/tenant_info");
+    assert_eq!(get(tenant.clone(), None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        http()
+            .delete(format!("{base}/_testbed/faults"))
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(get(tenant, None).await.0, StatusCode::OK);
     let issued: Value = http()
         .get(format!("{base}/_testbed/issued"))
         .send()
@@ -573,4 +602,81 @@ async fn binds_loopback_and_stops_on_drop() {
         assert!(Instant::now() < deadline, "still listening after drop");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The record of refresh calls names each call's token family and fault (what a test needs to
+/// check that a client waited out a `Retry-After`), and the bearer counters say how every token
+/// presented to the gateway fared (expired ones included).
+#[tokio::test]
+async fn refresh_calls_are_recorded_per_family_and_bearer_outcomes_counted() {
+    let s = world().await;
+    s.consent_as("ada");
+    let ada = grant_for(&s.url(), ("app", "app-secret"), SCOPES).await;
+    s.consent_as("bob");
+    let bob = grant_for(&s.url(), ("app", "app-secret"), SCOPES).await;
+    let refresh = |rt: &Value| {
+        http()
+            .post(format!("{}/oauth/token", s.url()))
+            .json(&json!({"grant_type": "refresh_token", "client_id": "app",
+                          "client_secret": "app-secret", "refresh_token": rt}))
+            .send()
+    };
+    s.fail_next(Endpoint::Token, 1, Fault::RateLimited { retry_after_secs: 3 });
+    assert_eq!(
+        refresh(&ada["refresh_token"]).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let rotated: Value = refresh(&ada["refresh_token"]).await.unwrap().json().await.unwrap();
+    assert_eq!(refresh(&bob["refresh_token"]).await.unwrap().status(), StatusCode::OK);
+    // The rotated token is of Ada's family too; an unknown token of none.
+    assert_eq!(
+        refresh(&rotated["refresh_token"]).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        refresh(&json!("atl_rt_never")).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let calls = s.refresh_calls();
+    let seen: Vec<(Option<&str>, Option<Fault>, u16)> = calls
+        .iter()
+        .map(|c| (c.account_id.as_deref(), c.fault, c.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("ada"), Some(Fault::RateLimited { retry_after_secs: 3 }), 429),
+            (Some("ada"), None, 200),
+            (Some("bob"), None, 200),
+            (Some("ada"), None, 200),
+            (None, None, 403),
+        ]
+    );
+    assert_eq!(calls[0].family, calls[1].family);
+    assert_eq!(calls[0].family, calls[3].family);
+    assert_ne!(calls[0].family, calls[2].family);
+    assert!(calls.windows(2).all(|w| w[0].at <= w[1].at));
+
+    // Bearer outcomes: live, missing, unknown, expired (Ada's first token is retired ten minutes
+    // after her refresh), revoked (Bob revokes the app).
+    let url = format!("{}/oauth/token/accessible-resources", s.url());
+    let token = |g: &Value| g["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(url.clone(), Some(&token(&rotated))).await.0, StatusCode::OK);
+    assert_eq!(get(url.clone(), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(url.clone(), Some("atl_at_never")).await.0, StatusCode::UNAUTHORIZED);
+    s.advance_clock(Duration::from_secs(601));
+    assert_eq!(get(url.clone(), Some(&token(&ada))).await.0, StatusCode::UNAUTHORIZED);
+    s.revoke_user("bob", "app");
+    assert_eq!(get(url.clone(), Some(&token(&bob))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.bearer_counters(),
+        testbed::atlassian::BearerCounters {
+            accepted: 1,
+            missing: 1,
+            unknown: 1,
+            expired: 1,
+            revoked: 1,
+        }
+    );
 }

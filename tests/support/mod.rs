@@ -281,10 +281,12 @@ impl Operator {
                 "--atlassian-tenant-info-url",
                 &format!("{}/site/{{site}}/_edge/tenant_info", env.atlassian.url()),
             ])
-            .args(["--atlassian-timeout", "2s"])
             .args(["--webhook-addr", "127.0.0.1:0"])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--operator-namespace", operator_namespace]);
+        if !extra.contains(&"--atlassian-timeout") {
+            command.args(["--atlassian-timeout", "2s"]);
+        }
         if !extra.contains(&"--lease-name") {
             // Not the default name: a demo (tests/demo.rs) looks for that one cluster-wide.
             command.args(["--lease-name", E2E_LEASE]);

@@ -10,11 +10,23 @@ use serde_json::{Value, json};
 
 use super::http::{Req, Resp, api_error, json};
 use super::state::State;
-use super::tokens::Principal;
+use super::tokens::{AccessError, Principal};
 
-/// The principal of a live bearer token, if the request carries one.
-fn principal(st: &State, req: &Req) -> Option<Principal> {
-    st.tokens.authenticate(st.now(), req.bearer()?).ok()
+/// The principal of a live bearer token, if the request carries one; counts the outcome.
+fn principal(st: &mut State, req: &Req) -> Option<Principal> {
+    let Some(token) = req.bearer() else {
+        st.bearer.missing += 1;
+        return None;
+    };
+    let result = st.tokens.authenticate(st.now(), token);
+    let counter = match &result {
+        Ok(_) => &mut st.bearer.accepted,
+        Err(AccessError::Unknown) => &mut st.bearer.unknown,
+        Err(AccessError::Expired) => &mut st.bearer.expired,
+        Err(AccessError::Revoked) => &mut st.bearer.revoked,
+    };
+    *counter += 1;
+    result.ok()
 }
 
 fn unauthorized() -> Resp {
@@ -22,7 +34,7 @@ fn unauthorized() -> Resp {
 }
 
 /// `GET /oauth/token/accessible-resources`: the sites the grant covers.
-pub(crate) fn accessible_resources(st: &State, req: &Req) -> Resp {
+pub(crate) fn accessible_resources(st: &mut State, req: &Req) -> Resp {
     let Some(p) = principal(st, req) else {
         return unauthorized();
     };
@@ -45,7 +57,7 @@ pub(crate) fn accessible_resources(st: &State, req: &Req) -> Resp {
 }
 
 /// `GET /me`: the user's profile; needs `read:me`.
-pub(crate) fn me(st: &State, req: &Req) -> Resp {
+pub(crate) fn me(st: &mut State, req: &Req) -> Resp {
     let Some(p) = principal(st, req) else {
         return unauthorized();
     };
@@ -74,7 +86,7 @@ pub(crate) fn me(st: &State, req: &Req) -> Resp {
 }
 
 /// `GET /ex/confluence/{cloudId}/wiki/rest/api/user/current`.
-pub(crate) fn confluence_user(st: &State, req: &Req, cloud_id: &str) -> Resp {
+pub(crate) fn confluence_user(st: &mut State, req: &Req, cloud_id: &str) -> Resp {
     let Some(p) = principal(st, req) else {
         return unauthorized();
     };

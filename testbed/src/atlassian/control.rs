@@ -59,6 +59,18 @@ struct FailNext {
     fault: Fault,
 }
 
+#[derive(Deserialize)]
+struct FailRatio {
+    endpoint: Endpoint,
+    ratio: f64,
+    fault: Fault,
+}
+
+#[derive(Deserialize)]
+struct Seed {
+    seed: u64,
+}
+
 /// The JSON body of a control call, or why it is not one.
 fn body<T: DeserializeOwned>(req: &Req) -> Result<T, String> {
     serde_json::from_slice(&req.body).map_err(|e| format!("Bad control request: {e}"))
@@ -158,6 +170,16 @@ fn run(st: &mut State, req: &Req) -> Result<Resp, String> {
             st.faults.fail_next(f.endpoint, f.count, f.fault);
             ok()
         }
+        (&Method::POST, "fault-ratios") => {
+            let f = body::<FailRatio>(req)?;
+            st.faults.fail_ratio(f.endpoint, f.ratio, f.fault);
+            ok()
+        }
+        (&Method::POST, "fault-seed") => {
+            st.faults.seed(body::<Seed>(req)?.seed);
+            ok()
+        }
+        (&Method::GET, "bearer-counters") => json(StatusCode::OK, &st.bearer),
         (&Method::DELETE, "faults") => {
             st.faults.clear();
             ok()

@@ -1,7 +1,8 @@
 //! Fault injection and call counters, per endpoint. A test queues "the next N calls of this
-//! endpoint answer 5xx / 429 with `Retry-After` / are delayed", and reads how many calls each
-//! endpoint (and each `grant_type` of `/oauth/token`) received. Control calls under `/_testbed`
-//! are neither counted nor faulted.
+//! endpoint answer 5xx / 429 with `Retry-After` / are delayed", or gives a share of every call
+//! a fault ("30 % of token calls answer 503"), and reads how many calls each endpoint (and each
+//! `grant_type` of `/oauth/token`) received. Control calls under `/_testbed` are neither counted
+//! nor faulted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -101,14 +102,105 @@ impl Counters {
     }
 }
 
-/// Queued faults and the counters.
-#[derive(Debug, Default)]
+/// One `/oauth/token` call with `grant_type=refresh_token`, as the stand-in saw it: what a
+/// test needs to check backoff (no call of a family before the `Retry-After` it was given).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshCall {
+    /// When it arrived (the monotonic clock of the process; the stand-in's own clock may jump).
+    pub at: std::time::Instant,
+    /// The token family (one per consent) of the refresh token sent; `None` for a token the
+    /// stand-in never issued (or none sent).
+    pub family: Option<usize>,
+    /// The account of that family.
+    pub account_id: Option<String>,
+    /// The injected fault it got, if any.
+    pub fault: Option<Fault>,
+    /// The HTTP status of the answer.
+    pub status: u16,
+}
+
+/// How the bearer tokens presented to the gateway endpoints (accessible-resources, `/me`, the
+/// Confluence API) fared: a test asserts nobody ever used an expired one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BearerCounters {
+    /// Live tokens.
+    pub accepted: u64,
+    /// Requests without a bearer token.
+    pub missing: u64,
+    /// Tokens never issued.
+    pub unknown: u64,
+    /// Tokens past their expiry.
+    pub expired: u64,
+    /// Tokens of a revoked family.
+    pub revoked: u64,
+}
+
+/// Queued faults, shares of calls that get a fault, and the counters.
+#[derive(Debug)]
 pub struct Faults {
     queues: BTreeMap<Endpoint, VecDeque<(u32, Fault)>>,
+    /// Per endpoint, `(share, fault)`: a call draws once and gets the first fault whose
+    /// cumulative share exceeds the draw (so the shares add up, at most to 1).
+    ratios: BTreeMap<Endpoint, Vec<(f64, Fault)>>,
+    /// State of the draw (splitmix64): random by default, fixed by [`Faults::seed`].
+    rng: u64,
     counters: Counters,
 }
 
+impl Default for Faults {
+    fn default() -> Self {
+        let mut seed = [0u8; 8];
+        // Without randomness the draws are still spread; only their order repeats.
+        let _ = getrandom::fill(&mut seed);
+        Faults {
+            queues: BTreeMap::new(),
+            ratios: BTreeMap::new(),
+            rng: u64::from_le_bytes(seed),
+            counters: Counters::default(),
+        }
+    }
+}
+
 impl Faults {
+    /// From now on, a share `ratio` (0..=1) of the calls of `endpoint` get `fault`, on top of
+    /// the shares already given (a call gets at most one of them; queued faults go first).
+    pub fn fail_ratio(&mut self, endpoint: Endpoint, ratio: f64, fault: Fault) {
+        if ratio.is_finite() && ratio > 0.0 {
+            self.ratios.entry(endpoint).or_default().push((ratio.min(1.0), fault));
+        }
+    }
+
+    /// Makes the draws of [`Faults::fail_ratio`] repeatable.
+    pub fn seed(&mut self, seed: u64) {
+        self.rng = seed;
+    }
+
+    /// A uniform draw in `[0, 1)` (splitmix64).
+    fn draw(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The fault a share rule gives this call, if any.
+    fn ratio_fault(&mut self, endpoint: Endpoint) -> Option<Fault> {
+        if self.ratios.get(&endpoint).is_none_or(Vec::is_empty) {
+            return None;
+        }
+        let u = self.draw();
+        let mut cumulative = 0.0;
+        for (ratio, fault) in self.ratios.get(&endpoint)? {
+            cumulative += ratio;
+            if u < cumulative {
+                return Some(*fault);
+            }
+        }
+        None
+    }
+
     /// The next `n` calls of `endpoint` (after those already queued) get `fault`.
     pub fn fail_next(&mut self, endpoint: Endpoint, n: u32, fault: Fault) {
         if n > 0 {
@@ -116,9 +208,10 @@ impl Faults {
         }
     }
 
-    /// Drops every queued fault.
+    /// Drops every queued fault and every share rule.
     pub fn clear(&mut self) {
         self.queues.clear();
+        self.ratios.clear();
     }
 
     /// Counts a call and returns the fault it gets, if any.
@@ -128,11 +221,14 @@ impl Faults {
             let g = grant_type.unwrap_or("missing").to_owned();
             *self.counters.grant_types.entry(g).or_default() += 1;
         }
-        let queue = self.queues.get_mut(&endpoint)?;
-        let (left, fault) = queue.front_mut()?;
+        let Some((left, fault)) = self.queues.get_mut(&endpoint).and_then(|q| q.front_mut()) else {
+            return self.ratio_fault(endpoint);
+        };
         let fault = *fault;
         *left -= 1;
-        if *left == 0 {
+        if *left == 0
+            && let Some(queue) = self.queues.get_mut(&endpoint)
+        {
             queue.pop_front();
         }
         Some(fault)
@@ -175,5 +271,36 @@ mod tests {
         assert_eq!(c.calls(Endpoint::Me), 1);
         assert_eq!(c.calls(Endpoint::TenantInfo), 0);
         assert_eq!(c.grants("refresh_token"), 4);
+    }
+
+    #[test]
+    fn shares_of_calls_get_their_faults_and_queued_faults_go_first() {
+        let mut f = Faults::default();
+        f.seed(42);
+        f.fail_ratio(Endpoint::Token, 0.2, Fault::Status { status: 503 });
+        f.fail_ratio(Endpoint::Token, 0.1, Fault::RateLimited { retry_after_secs: 2 });
+        f.fail_next(Endpoint::Token, 3, Fault::Status { status: 500 });
+        let got: Vec<_> = (0..10_003).map(|_| f.on_call(Endpoint::Token, None)).collect();
+        assert_eq!(got[..3], [Some(Fault::Status { status: 500 }); 3]);
+        let count = |fault: Fault| got[3..].iter().filter(|g| **g == Some(fault)).count();
+        let unavailable = count(Fault::Status { status: 503 });
+        let limited = count(Fault::RateLimited { retry_after_secs: 2 });
+        let clean = got[3..].iter().filter(|g| g.is_none()).count();
+        // 10,000 draws: the binomial spread is about 40 and 30 calls; 250 is over 6 of it.
+        assert!((1750..=2250).contains(&unavailable), "{unavailable}");
+        assert!((750..=1250).contains(&limited), "{limited}");
+        assert_eq!(unavailable + limited + clean, 10_000);
+        assert_eq!(count(Fault::Status { status: 500 }), 0, "a queued fault is used up");
+        // Other endpoints are untouched; the same seed draws the same faults.
+        assert_eq!(f.on_call(Endpoint::Me, None), None);
+        let mut again = Faults::default();
+        again.seed(42);
+        again.fail_ratio(Endpoint::Token, 0.2, Fault::Status { status: 503 });
+        again.fail_ratio(Endpoint::Token, 0.1, Fault::RateLimited { retry_after_secs: 2 });
+        let repeat: Vec<_> = (0..10_000).map(|_| again.on_call(Endpoint::Token, None)).collect();
+        assert_eq!(repeat, got[3..]);
+        // Cleared: no fault any more.
+        f.clear();
+        assert!((0..1000).all(|_| f.on_call(Endpoint::Token, None).is_none()));
     }
 }

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use faults::{Counters, Endpoint, Fault};
+pub use faults::{BearerCounters, Counters, Endpoint, Fault, RefreshCall};
 pub use tokens::{IssuedSecret, ReuseCounters, SecretKind};
 pub use world::{
     Account, ClientApp, DEMO_ADMIN_ACCOUNT_ID, DEMO_ADMIN_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
@@ -204,7 +204,29 @@ impl StandIn {
         self.state().faults.fail_next(endpoint, n, fault);
     }
 
-    /// Drops every queued fault.
+    /// From now on a share `ratio` (0..=1) of the calls of `endpoint` get `fault`, on top of
+    /// the shares already given; a call gets at most one fault, queued ones first.
+    pub fn fail_ratio(&self, endpoint: Endpoint, ratio: f64, fault: Fault) {
+        self.state().faults.fail_ratio(endpoint, ratio, fault);
+    }
+
+    /// Makes the draws of [`StandIn::fail_ratio`] repeatable.
+    pub fn seed_faults(&self, seed: u64) {
+        self.state().faults.seed(seed);
+    }
+
+    /// Every `grant_type=refresh_token` call so far, oldest first, with its token family.
+    pub fn refresh_calls(&self) -> Vec<RefreshCall> {
+        self.state().refresh_calls.clone()
+    }
+
+    /// Bearer tokens presented to accessible-resources, `/me` and the Confluence API so far, by
+    /// outcome (accepted, expired, revoked, …).
+    pub fn bearer_counters(&self) -> BearerCounters {
+        self.state().bearer
+    }
+
+    /// Drops every queued fault and every share rule.
     pub fn clear_faults(&self) {
         self.state().faults.clear();
     }
@@ -330,23 +352,39 @@ async fn dispatch(state: &Shared, req: Req) -> Resp {
         _ => Default::default(),
     };
     let endpoint = route.endpoint();
-    let fault = lock(state)
-        .faults
-        .on_call(endpoint, params.get("grant_type").map(String::as_str));
-    match fault {
-        Some(Fault::Delay { millis }) => tokio::time::sleep(Duration::from_millis(millis)).await,
-        Some(f) => return fault_response(endpoint, f),
-        None => {}
-    }
+    let arrived = std::time::Instant::now();
+    let grant_type = params.get("grant_type").map(String::as_str);
+    let refresh_token =
+        (grant_type == Some("refresh_token")).then(|| params.get("refresh_token").cloned().unwrap_or_default());
+    let fault = lock(state).faults.on_call(endpoint, grant_type);
+    let injected = match fault {
+        Some(Fault::Delay { millis }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            None
+        }
+        Some(f) => Some(fault_response(endpoint, f)),
+        None => None,
+    };
     let mut st = lock(state);
-    match route {
+    let resp = injected.unwrap_or_else(|| match route {
         Route::Authorize => oauth::authorize(&mut st, &req),
         Route::Token => oauth::token(&mut st, &req, &params),
-        Route::AccessibleResources => api::accessible_resources(&st, &req),
-        Route::Me => api::me(&st, &req),
-        Route::ConfluenceUser(cloud_id) => api::confluence_user(&st, &req, &cloud_id),
+        Route::AccessibleResources => api::accessible_resources(&mut st, &req),
+        Route::Me => api::me(&mut st, &req),
+        Route::ConfluenceUser(cloud_id) => api::confluence_user(&mut st, &req, &cloud_id),
         Route::TenantInfo(host) => api::tenant_info(&st, &host),
+    });
+    if let Some(rt) = refresh_token {
+        let family = st.tokens.family_of(&rt);
+        st.refresh_calls.push(RefreshCall {
+            at: arrived,
+            family: family.as_ref().map(|f| f.0),
+            account_id: family.map(|f| f.1),
+            fault,
+            status: resp.status().as_u16(),
+        });
     }
+    resp
 }
 
 /// The answer to an injected status or rate-limit fault, in the endpoint's error shape.

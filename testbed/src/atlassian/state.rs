@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::faults::Faults;
+use super::faults::{BearerCounters, Faults, RefreshCall};
 use super::oauth::AuthRequest;
 use super::tokens::{DEFAULT_ACCESS_LIFETIME_SECS, TokenStore};
 use super::world::World;
@@ -46,6 +46,10 @@ pub(crate) struct State {
     pub(crate) consent_page: bool,
     /// Authorization requests waiting on the consent page, by request id.
     pub(crate) pending: HashMap<String, AuthRequest>,
+    /// Every refresh call, oldest first.
+    pub(crate) refresh_calls: Vec<RefreshCall>,
+    /// Bearer tokens presented to the gateway endpoints, by outcome.
+    pub(crate) bearer: BearerCounters,
 }
 
 impl Default for State {
@@ -64,6 +68,8 @@ impl Default for State {
             withhold_next: None,
             consent_page: false,
             pending: HashMap::new(),
+            refresh_calls: Vec::new(),
+            bearer: BearerCounters::default(),
         }
     }
 }

@@ -222,6 +222,12 @@ impl TokenStore {
         self.reuse
     }
 
+    /// The family (its index, one per consent) and account of a refresh token ever issued.
+    pub fn family_of(&self, refresh_token: &str) -> Option<(usize, String)> {
+        let family = self.refresh.get(refresh_token)?.family;
+        Some((family, self.families.get(family)?.account_id.clone()))
+    }
+
     /// Every secret issued so far, oldest first.
     pub fn issued(&self) -> &[IssuedSecret] {
         &self.issued
