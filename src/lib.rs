@@ -3,6 +3,7 @@
 //! The path of a token: `crd` (what users ask for) → `validation` (is the spec sound) →
 //! `vault` (the encrypted token set at rest).
 
+pub mod api_client;
 pub mod claim;
 pub mod config;
 pub mod consumer;

@@ -6,7 +6,7 @@ use clap::Parser;
 use confluence_auth_operator::config::{Cli, Command};
 #[cfg(feature = "demo")]
 use confluence_auth_operator::demo;
-use confluence_auth_operator::{consumer, crd, operator, telemetry};
+use confluence_auth_operator::{api_client, consumer, crd, operator, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(consumer::cli::status(args)).map_err(Into::into)),
         Command::Run(args) => runtime().and_then(|rt| {
             rt.block_on(async {
-                let client = kube::Client::try_default().await?;
+                let client = api_client::connect().await?;
                 operator::run(*args, client, shutdown_signal(), |_| {}).await?;
                 Ok(())
             })
