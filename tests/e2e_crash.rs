@@ -17,9 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
 use support::*;
-use testbed::atlassian::Account;
 
-const ACME: &str = "acme.atlassian.net";
 /// The successor of a killed leader waits this long for its Lease.
 const LEASE: &str = "3s";
 const USERS: usize = 12;
@@ -46,14 +44,6 @@ fn random_delay(max: Duration) -> Duration {
 
 fn leading(metrics: &str) -> bool {
     metrics.lines().any(|l| l.trim() == "confluence_auth_leader 1")
-}
-
-async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) {
-    let link = link_of(api, name).await;
-    env.atlassian.consent_as(account);
-    let page = Browser::new().authorize(&link).await;
-    assert_eq!(page.status, 200, "{name}: {}", page.body);
-    ready(api, name).await;
 }
 
 /// Phase of every resource, by name.
@@ -172,13 +162,7 @@ async fn sigkills_during_refreshes_lose_no_credential() {
     for i in 0..USERS {
         let name = format!("u{i}");
         create_user(&client, &ns, &name).await;
-        let id = format!("557058:cccccccc-0000-4000-8000-{i:012}");
-        env.atlassian.add_account(Account {
-            account_id: id.clone(),
-            name: format!("Crash User {i}"),
-            email: format!("crash{i}@acme.example"),
-            sites: vec![ACME.into()],
-        });
+        let id = acme_account(&env, "cccccccc", "Crash User", i);
         consent(&env, &users, &name, &id).await;
     }
     let names: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();

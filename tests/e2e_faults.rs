@@ -49,7 +49,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::*;
-use testbed::atlassian::{Account, Endpoint, Fault, RefreshCall};
+use testbed::atlassian::{Endpoint, Fault, RefreshCall};
 
 const ACME: &str = "acme.atlassian.net";
 const USERS: usize = 10;
@@ -64,15 +64,6 @@ fn window() -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
     Duration::from_secs(secs)
-}
-
-/// Opens the current link as `account` and waits for Ready.
-async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) {
-    let link = link_of(api, name).await;
-    env.atlassian.consent_as(account);
-    let page = Browser::new().authorize(&link).await;
-    assert_eq!(page.status, 200, "{name}: {}", page.body);
-    ready(api, name).await;
 }
 
 /// Phase of every resource, by `kind/name`.
@@ -391,13 +382,7 @@ async fn credentials_survive_atlassian_and_api_server_faults() {
     for i in 0..USERS {
         let name = format!("u{i}");
         create_user(&client, &ns, &name).await;
-        let id = format!("557058:eeeeeeee-0000-4000-8000-{i:012}");
-        env.atlassian.add_account(Account {
-            account_id: id.clone(),
-            name: format!("Fault User {i}"),
-            email: format!("fault{i}@acme.example"),
-            sites: vec![ACME.into()],
-        });
+        let id = acme_account(&env, "eeeeeeee", "Fault User", i);
         consent(&env, &users, &name, &id).await;
         owners.insert(id, format!("cfua/{name}"));
     }

@@ -19,7 +19,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use support::*;
-use testbed::atlassian::Account;
 
 const CLIENT_ID: &str = "demo-client";
 const ACME: &str = "acme.atlassian.net";
@@ -30,25 +29,6 @@ fn rounds() -> usize {
         10
     } else {
         3
-    }
-}
-
-/// Polls `check` until it yields, panicking after `limit`.
-async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -63,27 +43,6 @@ async fn start(prefix: &str, flags: &[&str]) -> (Env, Operator, String) {
     operator.ready().await;
     env.apply_examples(&ns, &["client-secret.yaml"]);
     (env, operator, ns)
-}
-
-/// Opens the current link as `account` and waits for Ready.
-async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) -> K {
-    let link = link_of(api, name).await;
-    env.atlassian.consent_as(account);
-    let page = Browser::new().authorize(&link).await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    ready(api, name).await
-}
-
-/// A stand-in account with access to acme.
-fn account(env: &Env, i: usize) -> String {
-    let id = format!("557058:dddddddd-0000-4000-8000-{i:012}");
-    env.atlassian.add_account(Account {
-        account_id: id.clone(),
-        name: format!("User {i}"),
-        email: format!("user{i}@acme.example"),
-        sites: vec![ACME.into()],
-    });
-    id
 }
 
 fn time(
@@ -178,7 +137,7 @@ async fn twenty_users_refresh_on_time_with_one_token_call_and_three_writes_each(
     for i in 0..20 {
         let name = format!("u{i}");
         create_user(&env.client, &ns, &name).await;
-        let id = account(&env, i);
+        let id = acme_account(&env, "dddddddd", "User", i);
         consent(&env, &users, &name, &id).await;
     }
     let u0 = within(WAIT, "Healthy=True after the fresh grant", || async {
@@ -568,7 +527,7 @@ async fn a_restart_refreshes_exactly_what_is_due() {
         }
         let name = format!("u{i}");
         create_user(&env.client, &ns, &name).await;
-        let id = account(&env, i);
+        let id = acme_account(&env, "dddddddd", "User", i);
         consent(&env, &users, &name, &id).await;
     }
     operator.stop();

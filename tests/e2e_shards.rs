@@ -24,25 +24,6 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(15);
 /// Longer than a few refresh rounds.
 const ROUND_WAIT: Duration = Duration::from_secs(60);
 
-/// Polls `check` until it yields, panicking after `limit`.
-async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Names the operator logged "renewed the access token" for, with how often.
 fn renewals(operator: &Operator) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -87,15 +68,6 @@ async fn create_user(client: &Client, ns: &str, name: &str, shard: &str) {
     }))
     .unwrap();
     api.create(&PostParams::default(), &obj).await.unwrap();
-}
-
-/// Opens the current link as `account` and waits for Ready.
-async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) {
-    let link = link_of(api, name).await;
-    env.atlassian.consent_as(account);
-    let page = Browser::new().authorize(&link).await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    ready(api, name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

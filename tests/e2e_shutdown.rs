@@ -34,11 +34,7 @@ async fn ready_installation(prefix: &str, flags: &[&str]) -> (Env, Operator, Api
     env.apply_examples(&ns, &["client-secret.yaml"]);
     env.atlassian.set_access_token_lifetime(Duration::from_secs(30));
     let api = installation(&env.client, &ns, "10s", "24h").await;
-    let link = link_of(&api, "acme").await;
-    env.atlassian.consent_as(ADA);
-    let page = Browser::new().authorize(&link).await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    ready(&api, "acme").await;
+    consent(&env, &api, "acme", ADA).await;
     (env, operator, api)
 }
 

@@ -32,25 +32,11 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use proptest::strategy::{Strategy, ValueTree};
 use support::*;
-use testbed::atlassian::Account;
 
 const KEYS: &str = "confluence-auth-operator-keys";
-const ACME: &str = "acme.atlassian.net";
 
 fn spawn(env: &Env) -> Operator {
     Operator::spawn_with(env, OPERATOR_NS, &["--lease-duration", "6s"])
-}
-
-/// A stand-in account with access to acme (one Atlassian account per user auth).
-fn account(env: &Env, i: usize) -> String {
-    let id = format!("557058:eeeeeeee-0000-4000-8000-{i:012}");
-    env.atlassian.add_account(Account {
-        account_id: id.clone(),
-        name: format!("Tamper User {i}"),
-        email: format!("tamper{i}@acme.example"),
-        sites: vec![ACME.into()],
-    });
-    id
 }
 
 /// Opens the current link as `account`, keeps the page for the leak scan, waits for Ready.
@@ -148,12 +134,26 @@ async fn tampering_and_loss_are_detected_reported_and_repaired() {
     // One bystander refreshes every ~25 s throughout: the operator must keep serving it.
     env.atlassian.set_access_token_lifetime(Duration::from_secs(40));
     create_user(&client, &ns, "bystander").await;
-    consent(&env, &users, "bystander", &account(&env, 0), &mut pages).await;
+    consent(
+        &env,
+        &users,
+        "bystander",
+        &acme_account(&env, "eeeeeeee", "Tamper User", 0),
+        &mut pages,
+    )
+    .await;
     env.atlassian.set_access_token_lifetime(Duration::from_secs(3600));
     let cases = ["flip", "novault", "notoken", "edited", "handedit", "source", "copy"];
     for (i, name) in cases.iter().enumerate() {
         create_user(&client, &ns, name).await;
-        consent(&env, &users, name, &account(&env, i + 1), &mut pages).await;
+        consent(
+            &env,
+            &users,
+            name,
+            &acme_account(&env, "eeeeeeee", "Tamper User", i + 1),
+            &mut pages,
+        )
+        .await;
     }
     let mut tokens = BTreeMap::new();
     for name in cases {

@@ -414,19 +414,57 @@ impl Drop for Operator {
 }
 
 /// Polls `check` until it yields a value, panicking after [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    within(WAIT, what, check).await
+}
+
+/// Polls `check` until it yields a value, panicking after `limit`.
+pub async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Opens the current link of `name` as `account` (auto-consent at the stand-in) and waits for
+/// Ready.
+pub async fn consent<K: CredentialResource>(env: &Env, api: &Api<K>, name: &str, account: &str) -> K {
+    let link = link_of(api, name).await;
+    env.atlassian.consent_as(account);
+    let page = Browser::new().authorize(&link).await;
+    assert_eq!(page.status, 200, "{name}: {}", page.body);
+    ready(api, name).await
+}
+
+/// Adds stand-in account `i` of a group (`group`: 8 hex digits that keep tests' ids apart)
+/// with access to acme, named `{who} {i}`; returns its account id.
+pub fn acme_account(env: &Env, group: &str, who: &str, i: usize) -> String {
+    let id = format!("557058:{group}-0000-4000-8000-{i:012}");
+    env.atlassian.add_account(testbed::atlassian::Account {
+        account_id: id.clone(),
+        name: format!("{who} {i}"),
+        email: format!(
+            "{}{i}@acme.example",
+            who.split(' ').next().unwrap_or(who).to_lowercase()
+        ),
+        sites: vec!["acme.atlassian.net".into()],
+    });
+    id
 }
 
 /// A browser: follows nothing by itself, keeps cookies by name.
