@@ -105,7 +105,7 @@ async fn run() {
         },
     )
     .await;
-    let mut admin = Browser::new(&http);
+    let mut admin = Browser::with_client(&http);
     let callback = admin.consent(&link, ADA).await;
     let page = admin.get(&callback).await;
     assert_eq!(page.status, 200, "{}", page.body);
@@ -175,7 +175,7 @@ async fn run() {
         .for_each_concurrent(setup, |i| {
             let (http, link, account) = (http.clone(), links[i].clone(), accounts[i].clone());
             async move {
-                let mut browser = Browser::new(&http);
+                let mut browser = Browser::with_client(&http);
                 let callback = browser.consent(&link, &account).await;
                 let page = browser.get(&callback).await;
                 assert_eq!(page.status, 200, "{}", page.body);
@@ -254,7 +254,7 @@ async fn direct_code(plane: &Plane, http: &reqwest::Client, account: &str) -> (S
         .append_pair("prompt", "consent")
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
-    let mut browser = Browser::new(http);
+    let mut browser = Browser::with_client(http);
     let page = browser.get(url.as_str()).await;
     let location = if page.status == 302 {
         page.location.unwrap()
@@ -361,7 +361,7 @@ async fn callback_latency(http: &reqwest::Client, links: &[String], accounts: &[
         .map(|(link, account)| {
             let http = http.clone();
             async move {
-                let mut browser = Browser::new(&http);
+                let mut browser = Browser::with_client(&http);
                 let callback = browser.consent(link, account).await;
                 (browser, callback)
             }

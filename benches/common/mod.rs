@@ -15,6 +15,10 @@ use kube::{Client, Config};
 use testbed::apiserver::ApiServer;
 use testbed::atlassian::StandIn;
 
+#[path = "../../tests/support/browser.rs"]
+mod browser;
+pub use browser::Browser;
+
 /// The operator's own namespace in the benches.
 pub const OPERATOR_NS: &str = "confluence-auth-system";
 /// The demo world's site every bench account can use.
@@ -338,81 +342,7 @@ pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-/// A browser: no redirects followed, cookies kept by name.
-#[derive(Clone)]
-pub struct Browser {
-    http: reqwest::Client,
-    pub cookies: std::collections::BTreeMap<String, String>,
-}
-
-/// One answer.
-pub struct Seen {
-    pub status: u16,
-    pub location: Option<String>,
-    pub body: String,
-}
-
 impl Browser {
-    /// A browser on a shared connection pool.
-    pub fn new(http: &reqwest::Client) -> Browser {
-        Browser {
-            http: http.clone(),
-            cookies: Default::default(),
-        }
-    }
-
-    /// GET with this browser's cookies.
-    pub async fn get(&mut self, url: &str) -> Seen {
-        let request = self.http.get(url);
-        self.send(request).await
-    }
-
-    /// POST of a form.
-    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Seen {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let request = self
-            .http
-            .post(url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body);
-        self.send(request).await
-    }
-
-    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> Seen {
-        if !self.cookies.is_empty() {
-            let header = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            request = request.header("Cookie", header);
-        }
-        let response = request.send().await.unwrap();
-        for set in response.headers().get_all("set-cookie") {
-            let first = set.to_str().unwrap().split(';').next().unwrap();
-            if let Some((k, v)) = first.split_once('=') {
-                if v.is_empty() {
-                    self.cookies.remove(k);
-                } else {
-                    self.cookies.insert(k.to_string(), v.to_string());
-                }
-            }
-        }
-        let status = response.status().as_u16();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_string());
-        Seen {
-            status,
-            location,
-            body: response.text().await.unwrap(),
-        }
-    }
-
     /// Start link → confirmation page → its button → the stand-in's consent page → accept as
     /// `account`: the callback URL the stand-in sends the browser to (not yet opened).
     pub async fn consent(&mut self, start_link: &str, account: &str) -> String {
