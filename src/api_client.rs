@@ -21,9 +21,7 @@ const QUEUE: usize = 1024;
 
 /// A client for the configured cluster (kubeconfig or in-cluster) with the bounded retry.
 pub async fn connect() -> Result<kube::Client, Box<dyn std::error::Error>> {
-    let mut config = kube::Config::infer().await?;
-    config.default_retry = false;
-    Ok(with_bounded_retry(config)?)
+    Ok(with_bounded_retry(kube::Config::infer().await?)?)
 }
 
 /// A client for `config` that retries 429/503/504 at most [`RETRIES`] times, ignoring long

@@ -306,7 +306,7 @@ fn retry_save<K: CredentialResource>(
     e: &store::StoreError,
     expires_at: Timestamp,
 ) -> Action {
-    let attempt = bump(shared, uid);
+    let attempt = shared.failures.next(uid);
     let delay = save_retry_delay(shared, uid, attempt, expires_at);
     tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), category = e.category(), error = %e, attempt, retry_in = ?delay, "storing a rotated token set failed; retrying before anything else");
     shared.metrics.reconcile_error(&K::kind(&()), e.category());
@@ -346,16 +346,9 @@ fn held_off(
     Some(left)
 }
 
-/// Counts one more consecutive failure; returns the attempt number (0 for the first).
-fn bump(shared: &Shared, uid: &str) -> u32 {
-    let mut failures = lock(&shared.failures);
-    let count = failures.entry(uid.to_string()).or_insert(0);
-    *count += 1;
-    *count - 1
-}
-
+/// Forgets `uid`'s failed renewals and their hold-off (it renewed or checked fine).
 fn reset(shared: &Shared, uid: &str) {
-    lock(&shared.failures).remove(uid);
+    shared.failures.reset(uid);
     lock(&shared.hold_offs).remove(uid);
 }
 
@@ -436,7 +429,7 @@ async fn renew<K: CredentialResource>(
     let kind = K::kind(&());
     let uid = obj.uid().unwrap_or_default();
     let Some(credentials) = client_secret(shared, &keep.app).await? else {
-        let attempt = bump(shared, &uid);
+        let attempt = shared.failures.next(&uid);
         let delay = token::backoff(attempt, None, Jitter::for_key(&uid));
         return Ok(Renewed::Retry(
             delay,
@@ -466,7 +459,7 @@ async fn renew<K: CredentialResource>(
             if let Err(e) = save(shared, obj, &new, keep).await {
                 shared.metrics.refresh(&kind, "success", seconds);
                 tracing::warn!(kind = %kind, name = %obj.name_any(), error = %e, "storing the rotated token set failed; it stays in memory and is retried first");
-                let attempt = bump(shared, &uid);
+                let attempt = shared.failures.next(&uid);
                 return Ok(Renewed::Retry(
                     save_retry_delay(shared, &uid, attempt, tokens.expires_at),
                     token::backoff(attempt.min(4), None, Jitter::for_key(&uid)),
@@ -513,7 +506,7 @@ async fn renew<K: CredentialResource>(
         Err(e) => {
             let result = if e.is_transient() { "transient_error" } else { "error" };
             shared.metrics.refresh(&kind, result, seconds);
-            let attempt = bump(shared, &uid);
+            let attempt = shared.failures.next(&uid);
             let jitter = Jitter::for_key(&format!("{uid}/{attempt}"));
             let now = shared.ctx.clock.now();
             let delay = token::retry_delay(attempt, e.retry_after(), jitter, now, tokens.expires_at);
@@ -567,7 +560,7 @@ async fn health_check<K: CredentialResource>(
         }
         Err(e) => {
             shared.metrics.health_check(&kind, "error");
-            let attempt = bump(shared, &uid);
+            let attempt = shared.failures.next(&uid);
             let delay = token::backoff(attempt, e.retry_after(), Jitter::for_key(&format!("{uid}/{attempt}")));
             tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, retry_in = ?delay, "the health check failed");
             let facts = facts_of(obj, &tokens);

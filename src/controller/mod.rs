@@ -68,10 +68,10 @@ pub struct Shared {
     /// else and no refresh happens while one is here.
     pub unsaved: Mutex<HashMap<String, TokenSet>>,
     /// Consecutive failed renewals or health checks, by resource uid (for backoff).
-    pub failures: Mutex<HashMap<String, u32>>,
+    pub failures: Attempts,
     /// Consecutive failed reconciles, by `kind/namespace/name` (the error policy's backoff;
     /// forgotten on the next successful reconcile).
-    pub reconcile_errors: Mutex<HashMap<String, u32>>,
+    pub reconcile_errors: Attempts,
     /// Until when a failed renewal backs off, by resource uid: no reconcile calls Atlassian for
     /// it before then, whatever woke it (a watch event, a relist, its own status write), so
     /// the backoff and Atlassian's `Retry-After` hold.
@@ -79,6 +79,26 @@ pub struct Shared {
     /// The last seen app credentials of each installation (`namespace/name`), so its users keep
     /// refreshing while it is deleted or broken.
     pub app_credentials: Mutex<HashMap<String, (String, SecretKeyRef)>>,
+}
+
+/// Consecutive failures by key, for backoff.
+#[derive(Debug, Default)]
+pub struct Attempts(Mutex<HashMap<String, u32>>);
+
+impl Attempts {
+    /// Counts one more consecutive failure of `key`; returns the attempt number (0 for the
+    /// first).
+    pub fn next(&self, key: &str) -> u32 {
+        let mut counts = lock(&self.0);
+        let count = counts.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        *count - 1
+    }
+
+    /// Forgets `key`'s failures (it succeeded, or is gone).
+    pub fn reset(&self, key: &str) {
+        lock(&self.0).remove(key);
+    }
 }
 
 impl Shared {
@@ -89,9 +109,9 @@ impl Shared {
             metrics,
             events,
             unsaved: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Attempts::default(),
             hold_offs: Mutex::default(),
-            reconcile_errors: Mutex::default(),
+            reconcile_errors: Attempts::default(),
             app_credentials: Mutex::default(),
         }
     }
@@ -187,7 +207,7 @@ fn on_result<K: CredentialResource>(
 ) {
     if let Ok((done, _)) = &result {
         let key = error_key(&K::kind(&()), done.namespace.as_deref(), &done.name);
-        lock(&shared.reconcile_errors).remove(&key);
+        shared.reconcile_errors.reset(&key);
     }
     if let Err(runtime::Error::ObjectNotFound(gone)) = result {
         let namespace = gone.namespace.clone().unwrap_or_default();
@@ -335,19 +355,14 @@ fn error_policy<K: CredentialResource>(obj: Arc<K>, error: &ReconcileError, shar
     if error.is_not_found() {
         // Deleted while reconciling: forget it (its Secrets go with it).
         let key = error_key(&K::kind(&()), obj.namespace().as_deref(), &obj.name_any());
-        lock(&shared.reconcile_errors).remove(&key);
+        shared.reconcile_errors.reset(&key);
         shared
             .metrics
             .forget(&obj.namespace().unwrap_or_default(), &K::kind(&()), &obj.name_any());
         return Action::await_change();
     }
     let key = error_key(&K::kind(&()), obj.namespace().as_deref(), &obj.name_any());
-    let attempt = {
-        let mut errors = lock(&shared.reconcile_errors);
-        let count = errors.entry(key.clone()).or_insert(0);
-        *count += 1;
-        *count - 1
-    };
+    let attempt = shared.reconcile_errors.next(&key);
     let expires = obj
         .credential()
         .and_then(|s| s.access_token_expires_at.as_ref())
