@@ -317,7 +317,8 @@ impl World {
         };
         let token_secret = format!("{}-token", obj.name_any());
         let api_base = self.oauth.api_base_url(&set.cloud_id);
-        store::write_tokens(&self.client, &self.ring, obj, &set, &token_secret, &api_base)
+        let known = confluence_auth_operator::known::Known::default();
+        let written = store::write_tokens(&self.client, &known, &self.ring, obj, &set, &token_secret, &api_base)
             .await
             .unwrap();
         let site = self.site.clone();
@@ -335,6 +336,8 @@ impl World {
                 set.consented_at + confluence_auth_operator::token::REFRESH_TOKEN_MAX_AGE,
             ));
             status.secret_name = Some(token_secret.clone());
+            status.vault_secret_version = written.vault.version.clone();
+            status.token_secret_version = written.token.version.clone();
             status.observed_generation = generation;
             let message = format!("authorized by Atlassian account {account} on {}", site.url);
             conditions::set_condition(

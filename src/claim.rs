@@ -66,7 +66,7 @@ pub async fn claim(
         let Some(existing) = secrets.get_opt(&name).await? else {
             continue;
         };
-        if store::owned_by(&existing, cfua) {
+        if store::owned_by(&existing.metadata, cfua) {
             return Ok(Ok(()));
         }
         // Held by another user auth: it keeps the account while it exists under that uid.

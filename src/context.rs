@@ -92,6 +92,8 @@ pub struct Context {
     pub require_client_secret_label: bool,
     /// `spec.site` must be a host strictly under one of these (`--allowed-site-suffixes`).
     pub allowed_site_suffixes: Vec<String>,
+    /// What the controllers' watches and own writes tell without a request (`known`).
+    pub known: Arc<crate::known::Known>,
 }
 
 impl Context {

@@ -16,6 +16,7 @@ pub mod duration;
 pub mod events;
 pub mod grant;
 pub mod http_guard;
+pub mod known;
 pub mod leader;
 pub mod metrics;
 pub mod oauth;

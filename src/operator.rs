@@ -157,6 +157,7 @@ pub async fn run(
         reconcile_concurrency: args.max_concurrent_reconciles,
         require_client_secret_label: args.require_client_secret_label,
         allowed_site_suffixes: args.allowed_site_suffixes.clone(),
+        known: std::sync::Arc::default(),
     };
     let metrics = Metrics::default();
     let readiness = Readiness::default();

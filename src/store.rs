@@ -10,12 +10,14 @@
 
 use std::collections::BTreeMap;
 
+use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
 use crate::crd::CredentialResource;
+use crate::known::Known;
 use crate::token_set::TokenSet;
 use crate::validation::vault_secret_name;
 use crate::vault::{Binding, KeyRing, VaultError};
@@ -32,6 +34,18 @@ pub const ENVELOPE_KEY: &str = "envelope";
 pub const OWNER_KIND_LABEL: &str = "confluence-auth.dev/owner-kind";
 /// Value of `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "confluence-auth-operator";
+/// Annotations on the vault Secret with the non-secret times of the token set it holds, so a
+/// restarted operator plans every credential's next pass from the Secrets' metadata alone and
+/// opens a vault only when something is due (`controller::lifecycle::settled`).
+pub const OBTAINED_AT_ANNOTATION: &str = "confluence-auth.dev/obtained-at";
+/// See [`OBTAINED_AT_ANNOTATION`].
+pub const EXPIRES_AT_ANNOTATION: &str = "confluence-auth.dev/access-token-expires-at";
+/// See [`OBTAINED_AT_ANNOTATION`].
+pub const CONSENTED_AT_ANNOTATION: &str = "confluence-auth.dev/consented-at";
+/// Annotation on the vault Secret naming the master key that sealed it (`KeyRing::primary_check`):
+/// a vault whose key the ring no longer holds (a replaced or removed key) is opened, and reported,
+/// at once rather than when its refresh comes due.
+pub const SEALED_WITH_ANNOTATION: &str = "confluence-auth.dev/sealed-with";
 const CONFLICT_RETRIES: usize = 5;
 
 /// A failed read or write.
@@ -91,6 +105,24 @@ pub async fn read_tokens<K: CredentialResource>(
     ring: &KeyRing,
     owner: &K,
 ) -> Result<Option<TokenSet>, StoreError> {
+    Ok(read_vault(client, ring, owner).await?.map(|opened| opened.tokens))
+}
+
+/// A vault as read: the token set, and the resourceVersion of the vault Secret that held it.
+#[derive(Debug)]
+pub struct Opened {
+    /// The decrypted token set.
+    pub tokens: TokenSet,
+    /// The vault Secret's resourceVersion (recorded in `status.vaultSecretVersion`).
+    pub version: Option<String>,
+}
+
+/// Like [`read_tokens`], with the vault Secret's resourceVersion.
+pub async fn read_vault<K: CredentialResource>(
+    client: &Client,
+    ring: &KeyRing,
+    owner: &K,
+) -> Result<Option<Opened>, StoreError> {
     let (namespace, kind, name, uid) = binding(owner);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let Some(secret) = secrets.get_opt(&vault_secret_name(&name)).await? else {
@@ -110,18 +142,42 @@ pub async fn read_tokens<K: CredentialResource>(
         },
         &envelope.0,
     )?;
-    TokenSet::from_json(&json).map(Some).map_err(|_| StoreError::Corrupt)
+    let tokens = TokenSet::from_json(&json).map_err(|_| StoreError::Corrupt)?;
+    Ok(Some(Opened {
+        tokens,
+        version: secret.metadata.resource_version,
+    }))
+}
+
+/// What a [`write_tokens`] did to the two Secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The vault Secret's write (its version is recorded in `status.vaultSecretVersion`).
+    pub vault: Put,
+    /// The token Secret's write (its version is recorded in `status.tokenSecretVersion`).
+    pub token: Put,
+}
+
+/// What one Secret write did: the resourceVersion it replaced (`None`: it created the Secret),
+/// and the one it left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Put {
+    /// The version replaced.
+    pub replaced: Option<String>,
+    /// The version written.
+    pub version: Option<String>,
 }
 
 /// Stores a new token set: vault, then token Secret.
 pub async fn write_tokens<K: CredentialResource>(
     client: &Client,
+    known: &Known,
     ring: &KeyRing,
     owner: &K,
     tokens: &TokenSet,
     token_secret_name: &str,
     api_base_url: &str,
-) -> Result<(), StoreError> {
+) -> Result<Written, StoreError> {
     let (namespace, kind, name, uid) = binding(owner);
     let envelope = ring.seal(
         &Binding {
@@ -133,18 +189,56 @@ pub async fn write_tokens<K: CredentialResource>(
         &tokens.to_json(),
     )?;
     let vault = BTreeMap::from([(ENVELOPE_KEY.to_string(), ByteString(envelope))]);
+    // Full precision: the plan made from these must equal the one made from the vault.
+    let stamp = |t: Timestamp| t.to_string();
+    let mut facts = BTreeMap::from([
+        (OBTAINED_AT_ANNOTATION.to_string(), stamp(tokens.obtained_at)),
+        (EXPIRES_AT_ANNOTATION.to_string(), stamp(tokens.expires_at)),
+        (CONSENTED_AT_ANNOTATION.to_string(), stamp(tokens.consented_at)),
+    ]);
+    if let Some(check) = ring.primary_check() {
+        facts.insert(SEALED_WITH_ANNOTATION.to_string(), check);
+    }
     // The vault is written even when the token Secret's name turns out to be taken: a rotated
     // refresh token must never be lost. (A first grant checks both names before calling this.)
-    put_secret(client, owner, &vault_secret_name(&name), VAULT_TYPE, vault).await?;
-    put_secret(
+    let vault = put_secret(
         client,
+        known,
+        owner,
+        &vault_secret_name(&name),
+        (VAULT_TYPE, Some(facts)),
+        vault,
+    )
+    .await?;
+    let token = put_secret(
+        client,
+        known,
         owner,
         token_secret_name,
-        TOKEN_TYPE,
+        (TOKEN_TYPE, None),
         token_secret_data(tokens, api_base_url),
     )
     .await?;
-    Ok(())
+    Ok(Written { vault, token })
+}
+
+/// The planning facts a vault Secret's annotations state (see [`OBTAINED_AT_ANNOTATION`]):
+/// (obtained, expires, consented). `None` for a vault written before they existed, edited, or
+/// sealed with a key `ring` does not hold (see [`SEALED_WITH_ANNOTATION`]).
+pub fn vault_facts(meta: &ObjectMeta, ring: &KeyRing) -> Option<(Timestamp, Timestamp, Timestamp)> {
+    let annotations = meta.annotations.as_ref()?;
+    if !annotations
+        .get(SEALED_WITH_ANNOTATION)
+        .is_some_and(|check| ring.holds(check))
+    {
+        return None;
+    }
+    let time = |key: &str| annotations.get(key)?.parse::<Timestamp>().ok();
+    Some((
+        time(OBTAINED_AT_ANNOTATION)?,
+        time(EXPIRES_AT_ANNOTATION)?,
+        time(CONSENTED_AT_ANNOTATION)?,
+    ))
 }
 
 /// How a token Secret differed from what the vault says it must hold.
@@ -156,32 +250,46 @@ pub enum TokenSecretDrift {
     Edited,
 }
 
-/// Whether `owner`'s token Secret `name` differs from `data` (pods read only this Secret; the
-/// vault is the source of truth). A Secret under that name that `owner` does not control is not
-/// drift (the reconcile reports it as a `SecretConflict`).
-pub async fn token_secret_drift<K: CredentialResource>(
+/// What a read of `owner`'s token Secret found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSecretCheck {
+    /// It holds what the vault says, at this resourceVersion.
+    Matches(Option<String>),
+    /// The name is held by something `owner` does not control (reported as a
+    /// `SecretConflict`, not drift).
+    NotOurs,
+    /// It differs from the vault.
+    Drift(TokenSecretDrift),
+}
+
+/// Reads `owner`'s token Secret `name` and compares it with `data` (pods read only this Secret;
+/// the vault is the source of truth).
+pub async fn check_token_secret<K: CredentialResource>(
     client: &Client,
     owner: &K,
     name: &str,
     data: &BTreeMap<String, ByteString>,
-) -> Result<Option<TokenSecretDrift>, StoreError> {
+) -> Result<TokenSecretCheck, StoreError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
     Ok(match secrets.get_opt(name).await? {
-        None => Some(TokenSecretDrift::Deleted),
-        Some(current) if !owned_by(&current, owner) => None,
-        Some(current) if current.data.as_ref() == Some(data) && current.type_.as_deref() == Some(TOKEN_TYPE) => None,
-        Some(_) => Some(TokenSecretDrift::Edited),
+        None => TokenSecretCheck::Drift(TokenSecretDrift::Deleted),
+        Some(current) if !owned_by(&current.metadata, owner) => TokenSecretCheck::NotOurs,
+        Some(current) if current.data.as_ref() == Some(data) && current.type_.as_deref() == Some(TOKEN_TYPE) => {
+            TokenSecretCheck::Matches(current.metadata.resource_version)
+        }
+        Some(_) => TokenSecretCheck::Drift(TokenSecretDrift::Edited),
     })
 }
 
 /// Writes `owner`'s token Secret `name` with `data` (create, or replace one `owner` controls).
 pub async fn write_token_secret<K: CredentialResource>(
     client: &Client,
+    known: &Known,
     owner: &K,
     name: &str,
     data: BTreeMap<String, ByteString>,
-) -> Result<(), StoreError> {
-    put_secret(client, owner, name, TOKEN_TYPE, data).await
+) -> Result<Put, StoreError> {
+    put_secret(client, known, owner, name, (TOKEN_TYPE, None), data).await
 }
 
 /// The token Secret's data: what pods read. Never a refresh token.
@@ -233,11 +341,10 @@ pub fn labels<K: CredentialResource>(owner: &K) -> BTreeMap<String, String> {
     labels
 }
 
-/// True when `secret`'s controller ownerReference is `owner` itself (same uid).
-pub fn owned_by<K: CredentialResource>(secret: &Secret, owner: &K) -> bool {
+/// True when the controller ownerReference in a Secret's `metadata` is `owner` itself (same uid).
+pub fn owned_by<K: CredentialResource>(metadata: &ObjectMeta, owner: &K) -> bool {
     let uid = owner.uid();
-    secret
-        .metadata
+    metadata
         .owner_references
         .iter()
         .flatten()
@@ -245,12 +352,25 @@ pub fn owned_by<K: CredentialResource>(secret: &Secret, owner: &K) -> bool {
 }
 
 /// Fails with [`StoreError::SecretConflict`] naming the first of `names` that exists and is not
-/// `owner`'s; missing names are fine (they will be created).
-pub async fn check_owned<K: CredentialResource>(client: &Client, owner: &K, names: &[&str]) -> Result<(), StoreError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+/// `owner`'s; missing names are fine (they will be created). A name the owned-Secret cache shows
+/// as `owner`'s is not read again.
+pub async fn check_owned<K: CredentialResource>(
+    client: &Client,
+    known: &Known,
+    owner: &K,
+    names: &[&str],
+) -> Result<(), StoreError> {
+    let namespace = owner.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     for name in names {
+        if known
+            .secret(&namespace, name)
+            .is_some_and(|s| owned_by(&s.metadata, owner))
+        {
+            continue;
+        }
         if let Some(secret) = secrets.get_opt(name).await?
-            && !owned_by(&secret, owner)
+            && !owned_by(&secret.metadata, owner)
         {
             return Err(StoreError::SecretConflict((*name).to_string()));
         }
@@ -259,25 +379,33 @@ pub async fn check_owned<K: CredentialResource>(client: &Client, owner: &K, name
 }
 
 /// Creates a Secret, or replaces the one `owner` already controls, optimistic on the
-/// resourceVersion of the very read that checked its owner. Anything else is a conflict.
+/// resourceVersion that showed its owner: the owned-Secret cache's on the first attempt (a name
+/// the cache does not hold is created outright), a fresh read's after a conflict. Anything not
+/// `owner`'s is a conflict.
 async fn put_secret<K: CredentialResource>(
     client: &Client,
+    known: &Known,
     owner: &K,
     name: &str,
-    type_: &str,
+    (type_, annotations): (&str, Option<BTreeMap<String, String>>),
     data: BTreeMap<String, ByteString>,
-) -> Result<(), StoreError> {
+) -> Result<Put, StoreError> {
     let namespace = owner.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let existing = secrets.get_opt(name).await?;
+        let existing = match known.secret(&namespace, name) {
+            Some(cached) if attempt == 1 => Some(cached.metadata.clone()),
+            None if attempt == 1 => None,
+            _ => secrets.get_opt(name).await?.map(|s| s.metadata),
+        };
         let mut secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
                 namespace: Some(namespace.clone()),
                 labels: Some(labels(owner)),
+                annotations: annotations.clone(),
                 owner_references: owner.controller_owner_ref(&()).map(|r| vec![r]),
                 ..ObjectMeta::default()
             },
@@ -285,19 +413,30 @@ async fn put_secret<K: CredentialResource>(
             data: Some(data.clone()),
             ..Secret::default()
         };
+        let replaced = existing.as_ref().and_then(|m| m.resource_version.clone());
         let result = match existing {
             Some(current) if !owned_by(&current, owner) => {
+                if attempt == 1 {
+                    // The cache may be behind (the holder went): ask the API server.
+                    continue;
+                }
                 return Err(StoreError::SecretConflict(name.to_string()));
             }
             Some(current) => {
-                secret.metadata.resource_version = current.metadata.resource_version;
+                secret.metadata.resource_version = current.resource_version;
                 secrets.replace(name, &PostParams::default(), &secret).await
             }
             None => secrets.create(&PostParams::default(), &secret).await,
         };
         match result {
-            Ok(_) => return Ok(()),
-            // A concurrent writer (or a create race): read again and re-check the owner.
+            Ok(written) => {
+                return Ok(Put {
+                    replaced,
+                    version: written.metadata.resource_version,
+                });
+            }
+            // A concurrent writer, a create race, or a cache behind the API server: read
+            // again and re-check the owner.
             Err(kube::Error::Api(status)) if (status.code == 409) && attempt < CONFLICT_RETRIES => continue,
             Err(e) => return Err(e.into()),
         }
@@ -312,7 +451,7 @@ pub async fn delete_owned<K: CredentialResource>(client: &Client, owner: &K, nam
         let Some(secret) = secrets.get_opt(name).await? else {
             continue;
         };
-        if !owned_by(&secret, owner) {
+        if !owned_by(&secret.metadata, owner) {
             continue;
         }
         let params = kube::api::DeleteParams {
@@ -331,7 +470,9 @@ pub async fn delete_owned<K: CredentialResource>(client: &Client, owner: &K, nam
     Ok(())
 }
 
-/// Re-reads `obj`, applies `change` to it, and replaces its status (retrying on 409).
+/// Applies `change` to `obj` and replaces its status, optimistic on `obj`'s resourceVersion; on a
+/// conflict (someone wrote since, or `obj` came from a cache behind the API server) it re-reads,
+/// applies `change` again and retries. No write when `change` changes nothing.
 pub async fn update_status<K: CredentialResource>(
     client: &Client,
     obj: &K,
@@ -342,7 +483,11 @@ pub async fn update_status<K: CredentialResource>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut current = api.get(&name).await?;
+        let mut current = if attempt == 1 && obj.resource_version().is_some() {
+            obj.clone()
+        } else {
+            api.get(&name).await?
+        };
         let before = serde_json::to_value(&current).ok();
         change(&mut current);
         if serde_json::to_value(&current).ok() == before {
@@ -422,18 +567,41 @@ impl ClientSecretPolicy<'_> {
     }
 }
 
-/// Reads the client secret named by `reference`; `Ok(None)` when the Secret or key is missing,
+/// A client secret as read.
+pub struct ClientSecret {
+    /// The secret.
+    pub value: secrecy::SecretString,
+    /// True when it came from [`Known`]'s recent reads rather than the API server just now: if
+    /// Atlassian refuses it, forget it and read again before calling the app's credentials bad.
+    pub cached: bool,
+}
+
+/// Reads the client secret named by `reference` (reusing a read of the last few seconds when
+/// `known` is given); `Ok(None)` when the Secret or key is missing,
 /// [`StoreError::ClientSecretRefused`] when `policy` forbids reading that Secret.
 pub async fn client_secret(
     client: &Client,
+    known: Option<&Known>,
     namespace: &str,
     reference: &crate::crd::SecretKeyRef,
     policy: &ClientSecretPolicy<'_>,
-) -> Result<Option<secrecy::SecretString>, StoreError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        return Ok(None);
+) -> Result<Option<ClientSecret>, StoreError> {
+    let recent = known.and_then(|k| k.recent_client_secret(namespace, &reference.name));
+    let cached = recent.is_some();
+    let secret = match recent {
+        Some(secret) => secret,
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let Some(secret) = secrets.get_opt(&reference.name).await? else {
+                return Ok(None);
+            };
+            if let Some(known) = known {
+                known.remember_client_secret(namespace, &reference.name, secret.clone());
+            }
+            std::sync::Arc::new(secret)
+        }
     };
+    // The policy is applied to every use, cached or not.
     if let Some(why) = policy.refusal(namespace, &secret) {
         return Err(StoreError::ClientSecretRefused(why));
     }
@@ -446,5 +614,8 @@ pub async fn client_secret(
     Ok(from_data
         .or_else(from_string_data)
         .filter(|s| !s.is_empty())
-        .map(secrecy::SecretString::from))
+        .map(|value| ClientSecret {
+            value: secrecy::SecretString::from(value),
+            cached,
+        }))
 }

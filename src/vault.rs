@@ -180,6 +180,23 @@ impl KeyRing {
         &self.primary
     }
 
+    /// `<id>:<check value>` of the primary key, which seals every envelope written now. The check
+    /// value (64 bits from HKDF under its own label, like a key check value) tells a key replaced
+    /// under the same id without opening a vault, and says nothing usable about the key.
+    pub fn primary_check(&self) -> Option<String> {
+        let key = self.keys.get(&self.primary)?;
+        Some(format!("{}:{}", self.primary, check_value(key)))
+    }
+
+    /// True when `check` (a [`primary_check`](Self::primary_check) of the ring that sealed an
+    /// envelope) names a key this ring holds, with the same check value.
+    pub fn holds(&self, check: &str) -> bool {
+        let Some((id, value)) = check.rsplit_once(':') else {
+            return false;
+        };
+        self.keys.get(id).is_some_and(|key| check_value(key) == value)
+    }
+
     /// Encrypts `plaintext` for the object `binding` with the primary key.
     pub fn seal(&self, binding: &Binding<'_>, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
         let mut salt = [0u8; SALT_LEN];
@@ -256,6 +273,15 @@ impl KeyRing {
             .map(Zeroizing::new)
             .map_err(|_| VaultError::Decrypt)
     }
+}
+
+/// A key's check value: 8 bytes of HKDF-SHA256 output under a label of its own, in hex.
+fn check_value(master: &MasterKey) -> String {
+    let mut out = [0u8; 8];
+    Hkdf::<Sha256>::new(None, master.0.as_ref())
+        .expand(format!("{CONTEXT} key check").as_bytes(), &mut out)
+        .unwrap_or_else(|_| unreachable!("8 bytes is a valid HKDF-SHA256 output length"));
+    out.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The per-envelope, per-tenant AES-256-GCM cipher.
@@ -461,5 +487,18 @@ mod tests {
         let envelope = ring.seal(&BINDING, b"x").unwrap();
         assert_eq!(again.open(&BINDING, &envelope).unwrap().as_slice(), b"x");
         assert_eq!(again.primary_id(), "gen");
+    }
+
+    #[test]
+    fn a_key_check_names_the_key_and_tells_a_replaced_one() {
+        let ring = KeyRing::generate("1").unwrap();
+        let check = ring.primary_check().unwrap();
+        assert!(check.starts_with("1:") && check.len() == 2 + 16, "{check}");
+        assert!(ring.holds(&check));
+        let impostor = KeyRing::generate("1").unwrap();
+        assert!(!impostor.holds(&check), "another key under the same id");
+        assert!(!ring.holds("2:0000000000000000"));
+        assert!(!ring.holds("garbage"));
+        assert_eq!(ring.primary_check(), Some(check), "stable for one key");
     }
 }

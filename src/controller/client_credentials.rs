@@ -39,7 +39,7 @@ pub async fn ensure_token(
     shared: &Shared,
     cfi: &ConfluenceInstallation,
     policy: &InstallationPolicy,
-    stored: Option<TokenSet>,
+    stored: Option<store::Opened>,
 ) -> Result<Action, ReconcileError> {
     let keep = keep_of(cfi, policy);
     if let Some(tokens) = stored {
@@ -53,6 +53,7 @@ pub async fn ensure_token(
     let namespace = cfi.namespace().unwrap_or_default();
     let client_secret = match store::client_secret(
         &ctx.client,
+        None,
         &namespace,
         &cfi.spec.client_secret_ref,
         &ctx.client_secret_policy(),
@@ -75,7 +76,7 @@ pub async fn ensure_token(
     let site_host = policy.site_host.clone().unwrap_or_default();
     let credentials = ClientCredentials {
         client_id: cfi.spec.client_id.clone(),
-        client_secret,
+        client_secret: client_secret.value,
     };
     let now = ctx.clock.now();
     let minted = async {
@@ -109,8 +110,9 @@ pub async fn ensure_token(
             return Ok(Action::requeue(delay));
         }
     };
-    store::write_tokens(
+    let written = store::write_tokens(
         &ctx.client,
+        &ctx.known,
         &ctx.keys,
         cfi,
         &set,
@@ -125,7 +127,11 @@ pub async fn ensure_token(
         status.last_refresh_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
     })
     .await?;
-    lifecycle::keep_alive(shared, cfi, set, &keep).await
+    let opened = store::Opened {
+        tokens: set,
+        version: written.vault.version,
+    };
+    lifecycle::keep_alive(shared, cfi, opened, &keep).await
 }
 
 /// Mints a token with the client credentials; site, cloud id and first-mint time carry over

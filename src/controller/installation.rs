@@ -7,7 +7,8 @@ use kube::runtime::controller::Action;
 
 use super::lifecycle::{self, AppCredentials, Keep};
 use super::{
-    ReconcileError, Shared, await_consent, client_credentials, lock, report_failed, secret_conflict, stored_tokens,
+    ReconcileError, Shared, await_consent, client_credentials, lagging, lock, report_failed, secret_conflict,
+    stored_tokens,
 };
 use crate::crd::conditions::reason;
 use crate::crd::{ConfluenceInstallation, GrantType};
@@ -16,6 +17,11 @@ use crate::validation;
 
 /// One pass over an installation.
 pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
+    // The first passes after a start come back once the caches have listed (a miss would be
+    // a read).
+    if !shared.ctx.known.synced() {
+        return Ok(Action::requeue(crate::known::RETRY_UNTIL_SYNCED));
+    }
     let namespace = cfi.namespace().unwrap_or_default();
     // Remember the app credentials: the users of this installation refresh with them, even
     // while it is deleted or broken.
@@ -35,6 +41,29 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
     if let Some(action) = secret_conflict(&shared, &*cfi, &policy.token_secret_name).await? {
         return Ok(action);
     }
+    let keep = Keep {
+        policy: token::Policy {
+            refresh_before: policy.refresh_before,
+            health_check_interval: policy.health_check_interval,
+            renewal: Renewal::Refresh,
+        },
+        token_secret_name: policy.token_secret_name.clone(),
+        app: AppCredentials {
+            namespace,
+            client_id: cfi.spec.client_id.clone(),
+            secret_ref: cfi.spec.client_secret_ref.clone(),
+        },
+        may_link: true,
+    };
+    if lagging(&shared, &*cfi, &keep.token_secret_name) {
+        return Ok(Action::requeue(crate::known::RETRY_UNTIL_SYNCED));
+    }
+    // Nothing due and the status says all the vault would: no read at all.
+    if cfi.spec.grant != GrantType::ClientCredentials
+        && let Some(action) = lifecycle::settled(&shared, &*cfi, &keep)
+    {
+        return Ok(action);
+    }
     let tokens = match stored_tokens(&shared, &*cfi).await? {
         Ok(tokens) => tokens,
         Err(action) => return Ok(action),
@@ -43,23 +72,7 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
         return client_credentials::ensure_token(&shared, &cfi, &policy, tokens).await;
     }
     match tokens {
-        Some(tokens) => {
-            let keep = Keep {
-                policy: token::Policy {
-                    refresh_before: policy.refresh_before,
-                    health_check_interval: policy.health_check_interval,
-                    renewal: Renewal::Refresh,
-                },
-                token_secret_name: policy.token_secret_name.clone(),
-                app: AppCredentials {
-                    namespace,
-                    client_id: cfi.spec.client_id.clone(),
-                    secret_ref: cfi.spec.client_secret_ref.clone(),
-                },
-                may_link: true,
-            };
-            lifecycle::keep_alive(&shared, &*cfi, tokens, &keep).await
-        }
+        Some(tokens) => lifecycle::keep_alive(&shared, &*cfi, tokens, &keep).await,
         None if lifecycle::vault_lost(&*cfi) => lifecycle::vault_missing(&shared, &*cfi, true).await,
         None => {
             await_consent(

@@ -49,8 +49,8 @@ pub struct Keep {
 
 /// What renewing did.
 enum Renewed {
-    /// A new token set, stored.
-    Stored(TokenSet),
+    /// A new token set, stored (at these versions).
+    Stored(Box<(TokenSet, store::Written)>),
     /// The grant is dead (confirmed).
     Revoked(String),
     /// The app's credentials were refused.
@@ -65,18 +65,20 @@ enum Renewed {
 pub async fn keep_alive<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
-    tokens: TokenSet,
+    opened: store::Opened,
     keep: &Keep,
 ) -> Result<Action, ReconcileError> {
     let uid = obj.uid().unwrap_or_default();
-    let mut tokens = tokens;
+    let (mut tokens, mut vault_version) = (opened.tokens, opened.version);
     let mut refreshed = None;
     // A rotated token set from an earlier pass is written before anything else.
     let unsaved = lock(&shared.unsaved).get(&uid).cloned();
+    let mut token_version = None;
     if let Some(unsaved) = unsaved {
-        if let Err(e) = save(shared, obj, &unsaved, keep).await {
+        match save(shared, obj, &unsaved, keep).await {
+            Ok(written) => (vault_version, token_version) = (written.vault.version, written.token.version),
             // Pods still read the previous token: retry while it lives.
-            return Ok(retry_save(shared, obj, &uid, &e, tokens.expires_at));
+            Err(e) => return Ok(retry_save(shared, obj, &uid, &e, tokens.expires_at)),
         }
         lock(&shared.unsaved).remove(&uid);
         refreshed = Some(unsaved.obtained_at);
@@ -99,49 +101,149 @@ pub async fn keep_alive<K: CredentialResource>(
         return revoked(shared, obj, keep, &tokens, &why).await;
     }
     if refreshed.is_none() {
-        restore_token_secret(shared, obj, &tokens, keep).await?;
+        token_version = restore_token_secret(shared, obj, &tokens, keep).await?;
     }
     let now = shared.ctx.clock.now();
     let jitter = Jitter::for_key(&uid);
     let facts = facts_of(obj, &tokens);
     let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
+    let stored = Stored {
+        tokens,
+        vault_version,
+        token_version,
+    };
     match plan.next {
-        Next::RefreshNow | Next::Mint => renew_and_report(shared, obj, tokens, keep, jitter).await,
-        Next::HealthCheck => health_check(shared, obj, tokens, keep, jitter).await,
+        Next::RefreshNow | Next::Mint => renew_and_report(shared, obj, stored, keep, jitter).await,
+        Next::HealthCheck => health_check(shared, obj, stored, keep, jitter).await,
         Next::NeedsConsent => {
             let why = format!(
                 "the refresh token reached its 365-day limit at {}: open status.authorizationUrl to consent again",
                 facts.refresh_token_expires_at()
             );
-            revoked_with(shared, obj, keep, &tokens, reason::REFRESH_TOKEN_EXPIRED, &why).await
+            revoked_with(shared, obj, keep, &stored.tokens, reason::REFRESH_TOKEN_EXPIRED, &why).await
         }
         Next::WaitUntil(at) => {
-            report(shared, obj, &tokens, keep, &plan, refreshed, None, None).await?;
+            tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), next = %at, "nothing due");
+            report(shared, obj, &stored, keep, &plan, refreshed, None, None).await?;
             Ok(Action::requeue(until(now, at)))
         }
     }
 }
 
+/// A stored token set and the version of the token Secret that holds its access token.
+struct Stored {
+    tokens: TokenSet,
+    /// The vault Secret's resourceVersion as just read or written.
+    vault_version: Option<String>,
+    /// The token Secret's resourceVersion as just written or found matching (`None`: unknown,
+    /// the status keeps what it says).
+    token_version: Option<String>,
+}
+
+/// The next pass of a credential whose status already says all its vault would, decided from
+/// the caches alone (the vault Secret's planning annotations; both Secrets at the versions the
+/// status records, so neither changed since the operator last wrote or checked it; the cached
+/// object): no request at all. This is every pass of a settled fleet after a restart,
+/// and every early wake-up. `None`: something may be due or differ (or the caches cannot
+/// tell), and the caller reads the vault and takes the full path.
+///
+/// The annotations and the status are not authenticated, so they only ever postpone a read to
+/// the time they name: what is then done is decided on the vault's authenticated contents.
+pub fn settled<K: CredentialResource>(shared: &Shared, obj: &K, keep: &Keep) -> Option<Action> {
+    let uid = obj.uid()?;
+    let namespace = obj.namespace()?;
+    let status = obj.credential()?;
+    if lock(&shared.unsaved).contains_key(&uid) {
+        return None;
+    }
+    let known = &shared.ctx.known;
+    let ours = |name: &str| {
+        known
+            .secret(&namespace, name)
+            .filter(|s| store::owned_by(&s.metadata, obj))
+    };
+    let vault = ours(&crate::validation::vault_secret_name(&obj.name_any()))?;
+    let token = ours(&keep.token_secret_name)?;
+    let (obtained_at, expires_at, consented_at) = store::vault_facts(&vault.metadata, &shared.ctx.keys)?;
+    let facts = Facts {
+        obtained_at,
+        expires_at,
+        consented_at,
+        last_health_check: status.last_health_check_time.as_ref().map(|t| t.0),
+    };
+    let now = shared.ctx.clock.now();
+    let plan = token::plan(now, Some(&facts), &keep.policy, Jitter::for_key(&uid));
+    let Next::WaitUntil(at) = plan.next else {
+        return None;
+    };
+    let second = |t: Option<&Time>| t.map(|t| t.0.as_second());
+    let is_true = |type_: &str| conditions::is_true(&status.conditions, type_);
+    let refresh = keep.policy.renewal == Renewal::Refresh;
+    let reported = status.phase == Some(Phase::Ready)
+        && is_true(conditions::READY)
+        && is_true(conditions::AUTHORIZED)
+        && is_true(conditions::HEALTHY)
+        && status.observed_generation == obj.meta().generation
+        && status.secret_name.as_deref() == Some(keep.token_secret_name.as_str())
+        && status.authorization_url.is_none()
+        && vault.metadata.resource_version.is_some()
+        && status.vault_secret_version == vault.metadata.resource_version
+        && token.metadata.resource_version.is_some()
+        && status.token_secret_version == token.metadata.resource_version
+        && second(status.access_token_expires_at.as_ref()) == Some(expires_at.as_second())
+        && second(status.next_refresh_time.as_ref()) == plan.refresh_at.map(|t| t.as_second())
+        && last_refresh(None, obtained_at, consented_at)
+            .is_none_or(|t| second(status.last_refresh_time.as_ref()) == Some(t.as_second()))
+        && !facts.fresh_grant()
+        && (!refresh
+            || (!plan.reauthorization_due
+                && conditions::find(&status.conditions, conditions::REAUTHORIZATION_DUE)
+                    .is_some_and(|c| c.status == "False")
+                && second(status.refresh_token_expires_at.as_ref())
+                    == Some(facts.refresh_token_expires_at().as_second())));
+    if !reported {
+        return None;
+    }
+    super::observe(shared, obj);
+    tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), next = %at, "nothing due (decided from the caches)");
+    Some(Action::requeue(until(now, at)))
+}
+
 /// A deleted or edited token Secret is rewritten from the vault, with a Warning Event (the
-/// tamper suite, issue 10): pods never keep reading a forged or missing token.
+/// tamper suite, issue 10): pods never keep reading a forged or missing token. Returns the
+/// token Secret's resourceVersion once it holds what the vault says (`None`: not known).
+///
+/// A token Secret the cache shows at the version the status records (the operator wrote it, or
+/// found it matching, at that version) is not read: any change since gives it a new version.
 async fn restore_token_secret<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
     tokens: &TokenSet,
     keep: &Keep,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<String>, ReconcileError> {
+    let name = &keep.token_secret_name;
+    let namespace = obj.namespace().unwrap_or_default();
+    let recorded = obj.credential().and_then(|s| s.token_secret_version.clone());
+    if let Some(cached) = shared.ctx.known.secret(&namespace, name)
+        && store::owned_by(&cached.metadata, obj)
+        && recorded.is_some()
+        && cached.metadata.resource_version == recorded
+    {
+        return Ok(recorded);
+    }
     let api_base = shared.ctx.atlassian.api_base_url(&tokens.cloud_id);
     let data = store::token_secret_data(tokens, &api_base);
-    let name = &keep.token_secret_name;
     let client = &shared.ctx.client;
-    if store::token_secret_drift(client, obj, name, &data).await?.is_none() {
-        return Ok(());
+    match store::check_token_secret(client, obj, name, &data).await? {
+        store::TokenSecretCheck::Matches(version) => return Ok(version),
+        store::TokenSecretCheck::NotOurs => return Ok(None),
+        store::TokenSecretCheck::Drift(_) => {}
     }
     // A callback storing a new grant writes the vault, then the token Secret: between the two
     // the Secret lags behind the vault without anyone having touched it. Such a callback marks
     // the object first (read fresh here: the cache may not have seen the mark yet), and once it
     // is done the Secret matches again (so look twice).
-    let fresh: K = kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default())
+    let fresh: K = kube::Api::namespaced(client.clone(), &namespace)
         .get(&obj.name_any())
         .await?;
     let now = shared.ctx.clock.now();
@@ -150,12 +252,16 @@ async fn restore_token_secret<K: CredentialResource>(
         .and_then(|s| s.pending_authorization.as_ref())
         .is_some_and(|p| p.expires_at.0 > now)
     {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(drift) = store::token_secret_drift(client, obj, name, &data).await? else {
-        return Ok(());
+    let drift = match store::check_token_secret(client, obj, name, &data).await? {
+        store::TokenSecretCheck::Matches(version) => return Ok(version),
+        store::TokenSecretCheck::NotOurs => return Ok(None),
+        store::TokenSecretCheck::Drift(drift) => drift,
     };
-    store::write_token_secret(client, obj, name, data).await?;
+    let put = store::write_token_secret(client, &shared.ctx.known, obj, name, data).await?;
+    super::wrote_secrets(shared, &namespace, &[(name, &put)]);
+    let version = put.version;
     let what = match drift {
         store::TokenSecretDrift::Deleted => "was deleted",
         store::TokenSecretDrift::Edited => "was edited",
@@ -175,7 +281,7 @@ async fn restore_token_secret<K: CredentialResource>(
             },
         )
         .await;
-    Ok(())
+    Ok(version)
 }
 
 /// True when `obj`'s status says a grant was stored (or already that its vault went missing):
@@ -284,17 +390,25 @@ async fn save<K: CredentialResource>(
     obj: &K,
     tokens: &TokenSet,
     keep: &Keep,
-) -> Result<(), store::StoreError> {
+) -> Result<store::Written, store::StoreError> {
     let api_base = shared.ctx.atlassian.api_base_url(&tokens.cloud_id);
-    store::write_tokens(
+    let written = store::write_tokens(
         &shared.ctx.client,
+        &shared.ctx.known,
         &shared.ctx.keys,
         obj,
         tokens,
         &keep.token_secret_name,
         &api_base,
     )
-    .await
+    .await?;
+    let vault = crate::validation::vault_secret_name(&obj.name_any());
+    super::wrote_secrets(
+        shared,
+        &obj.namespace().unwrap_or_default(),
+        &[(&vault, &written.vault), (&keep.token_secret_name, &written.token)],
+    );
+    Ok(written)
 }
 
 /// The rotated set is not stored yet: retry soon (before the token pods read, which expires at
@@ -323,8 +437,12 @@ fn save_retry_delay(shared: &Shared, uid: &str, attempt: u32, expires_at: Timest
 /// `status.lastRefreshTime` for a stored set: the refresh just made, else when the set was
 /// obtained if a renewal obtained it (not the consent). So a refresh whose own status write
 /// failed (the API server refused it) still shows with the next status write.
-fn last_refresh(just_refreshed: Option<Timestamp>, tokens: &TokenSet) -> Option<Timestamp> {
-    just_refreshed.or_else(|| (tokens.obtained_at > tokens.consented_at).then_some(tokens.obtained_at))
+fn last_refresh(
+    just_refreshed: Option<Timestamp>,
+    obtained_at: Timestamp,
+    consented_at: Timestamp,
+) -> Option<Timestamp> {
+    just_refreshed.or_else(|| (obtained_at > consented_at).then_some(obtained_at))
 }
 
 /// Remembers that `uid`'s renewal backs off for `delay` from now.
@@ -352,12 +470,21 @@ fn reset(shared: &Shared, uid: &str) {
     lock(&shared.hold_offs).remove(uid);
 }
 
-async fn client_secret(shared: &Shared, app: &AppCredentials) -> Result<Option<ClientCredentials>, ReconcileError> {
+/// The app's credentials (the client secret read in the last few seconds is reused: a burst of
+/// refreshes of one app reads it once); whether they came from that cache.
+async fn client_secret(
+    shared: &Shared,
+    app: &AppCredentials,
+) -> Result<Option<(ClientCredentials, bool)>, ReconcileError> {
     let policy = shared.ctx.client_secret_policy();
-    let secret = store::client_secret(&shared.ctx.client, &app.namespace, &app.secret_ref, &policy).await?;
-    Ok(secret.map(|client_secret| ClientCredentials {
-        client_id: app.client_id.clone(),
-        client_secret,
+    let known = Some(&*shared.ctx.known);
+    let secret = store::client_secret(&shared.ctx.client, known, &app.namespace, &app.secret_ref, &policy).await?;
+    Ok(secret.map(|secret| {
+        let credentials = ClientCredentials {
+            client_id: app.client_id.clone(),
+            client_secret: secret.value,
+        };
+        (credentials, secret.cached)
     }))
 }
 
@@ -365,10 +492,11 @@ async fn client_secret(shared: &Shared, app: &AppCredentials) -> Result<Option<C
 async fn renew_and_report<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
-    tokens: TokenSet,
+    stored: Stored,
     keep: &Keep,
     jitter: Jitter,
 ) -> Result<Action, ReconcileError> {
+    let tokens = &stored.tokens;
     let uid = obj.uid().unwrap_or_default();
     // A failed renewal backs off even when something else woke this reconcile early.
     let held = held_off(&mut lock(&shared.hold_offs), &uid, tokio::time::Instant::now());
@@ -377,20 +505,27 @@ async fn renew_and_report<K: CredentialResource>(
         return Ok(Action::requeue(left));
     }
     let now = shared.ctx.clock.now();
-    match renew(shared, obj, &tokens, keep).await? {
-        Renewed::Stored(new) => {
+    match renew(shared, obj, tokens, keep).await? {
+        Renewed::Stored(stored) => {
+            let (new, written) = *stored;
             reset(shared, &uid);
             let facts = facts_of(obj, &new);
             let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
-            let updated = report(shared, obj, &new, keep, &plan, Some(new.obtained_at), None, None).await?;
+            let obtained = new.obtained_at;
+            let new = Stored {
+                tokens: new,
+                vault_version: written.vault.version,
+                token_version: written.token.version,
+            };
+            let updated = report(shared, obj, &new, keep, &plan, Some(obtained), None, None).await?;
             // Plan again from what was written (the health check clock may have moved).
-            let facts = facts_of(&updated, &new);
+            let facts = facts_of(&updated, &new.tokens);
             let plan = token::plan(shared.ctx.clock.now(), Some(&facts), &keep.policy, jitter);
             Ok(requeue_for(shared.ctx.clock.now(), &plan))
         }
         Renewed::Revoked(why) => {
             reset(shared, &uid);
-            revoked_with(shared, obj, keep, &tokens, reason::GRANT_REVOKED, &why).await
+            revoked_with(shared, obj, keep, tokens, reason::GRANT_REVOKED, &why).await
         }
         Renewed::InvalidClient => {
             let message = "Atlassian rejected the app's client id or client secret: check spec.clientId and the client secret Secret".to_string();
@@ -398,7 +533,7 @@ async fn renew_and_report<K: CredentialResource>(
         }
         Renewed::Retry(delay, backoff, why) => {
             let degraded = token::expires_before_retry(now, tokens.expires_at, backoff);
-            let facts = facts_of(obj, &tokens);
+            let facts = facts_of(obj, tokens);
             let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
             let failure = degraded.then(|| {
                 format!(
@@ -406,7 +541,7 @@ async fn renew_and_report<K: CredentialResource>(
                     tokens.expires_at
                 )
             });
-            report(shared, obj, &tokens, keep, &plan, None, None, failure).await?;
+            report(shared, obj, &stored, keep, &plan, None, None, failure).await?;
             Ok(Action::requeue(delay))
         }
     }
@@ -428,7 +563,7 @@ async fn renew<K: CredentialResource>(
 ) -> Result<Renewed, ReconcileError> {
     let kind = K::kind(&());
     let uid = obj.uid().unwrap_or_default();
-    let Some(credentials) = client_secret(shared, &keep.app).await? else {
+    let Some((credentials, cached)) = client_secret(shared, &keep.app).await? else {
         let attempt = shared.failures.next(&uid);
         let delay = token::backoff(attempt, None, Jitter::for_key(&uid));
         return Ok(Renewed::Retry(
@@ -456,7 +591,8 @@ async fn renew<K: CredentialResource>(
         Ok(new) => {
             // The sent refresh token is retired now: keep the new set until it is stored.
             lock(&shared.unsaved).insert(uid.clone(), new.clone());
-            if let Err(e) = save(shared, obj, &new, keep).await {
+            let written = save(shared, obj, &new, keep).await;
+            if let Err(e) = &written {
                 shared.metrics.refresh(&kind, "success", seconds);
                 tracing::warn!(kind = %kind, name = %obj.name_any(), error = %e, "storing the rotated token set failed; it stays in memory and is retried first");
                 let attempt = shared.failures.next(&uid);
@@ -469,7 +605,7 @@ async fn renew<K: CredentialResource>(
             lock(&shared.unsaved).remove(&uid);
             shared.metrics.refresh(&kind, "success", seconds);
             tracing::info!(kind = %kind, namespace = ?obj.namespace(), name = %obj.name_any(), expires_at = %new.expires_at, "renewed the access token");
-            Ok(Renewed::Stored(new))
+            Ok(Renewed::Stored(Box::new((new, written.unwrap_or_default()))))
         }
         Err(AtlassianError::GrantDead(description)) => {
             // Re-read the vault from the API server: a newer refresh token there means another
@@ -501,6 +637,20 @@ async fn renew<K: CredentialResource>(
         }
         Err(AtlassianError::InvalidClient) => {
             shared.metrics.refresh(&kind, "invalid_client", seconds);
+            let app = &keep.app;
+            shared
+                .ctx
+                .known
+                .forget_client_secret(&app.namespace, &app.secret_ref.name);
+            if cached {
+                // Read a few seconds ago: it may have been rotated since. Read it again first.
+                tracing::info!(kind = %kind, name = %obj.name_any(), "Atlassian refused the recently read client secret; reading it again");
+                return Ok(Renewed::Retry(
+                    Duration::from_secs(1),
+                    Duration::from_secs(1),
+                    "the client secret was refused; reading it again".into(),
+                ));
+            }
             Ok(Renewed::InvalidClient)
         }
         Err(e) => {
@@ -522,10 +672,11 @@ async fn renew<K: CredentialResource>(
 async fn health_check<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
-    tokens: TokenSet,
+    stored: Stored,
     keep: &Keep,
     jitter: Jitter,
 ) -> Result<Action, ReconcileError> {
+    let tokens = &stored.tokens;
     let kind = K::kind(&());
     let uid = obj.uid().unwrap_or_default();
     let now = shared.ctx.clock.now();
@@ -556,14 +707,14 @@ async fn health_check<K: CredentialResource>(
             // The token was refused: refresh now.
             shared.metrics.health_check(&kind, "unauthorized");
             tracing::info!(kind = %kind, name = %obj.name_any(), "the health check was refused (401): refreshing now");
-            return renew_and_report(shared, obj, tokens, keep, jitter).await;
+            return renew_and_report(shared, obj, stored, keep, jitter).await;
         }
         Err(e) => {
             shared.metrics.health_check(&kind, "error");
             let attempt = shared.failures.next(&uid);
             let delay = token::backoff(attempt, e.retry_after(), Jitter::for_key(&format!("{uid}/{attempt}")));
             tracing::warn!(kind = %kind, name = %obj.name_any(), category = e.category(), error = %e, retry_in = ?delay, "the health check failed");
-            let facts = facts_of(obj, &tokens);
+            let facts = facts_of(obj, tokens);
             let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
             // Come back for the refresh if it is due before the retry.
             let delay = match plan.refresh_at {
@@ -573,10 +724,10 @@ async fn health_check<K: CredentialResource>(
             return Ok(Action::requeue(delay));
         }
     };
-    let facts = facts_of(obj, &tokens);
+    let facts = facts_of(obj, tokens);
     let plan = token::plan(now, Some(&facts), &keep.policy, jitter);
-    let updated = report(shared, obj, &tokens, keep, &plan, None, Some(health), None).await?;
-    let facts = facts_of(&updated, &tokens);
+    let updated = report(shared, obj, &stored, keep, &plan, None, Some(health), None).await?;
+    let facts = facts_of(&updated, &stored.tokens);
     let plan = token::plan(shared.ctx.clock.now(), Some(&facts), &keep.policy, jitter);
     Ok(requeue_for(shared.ctx.clock.now(), &plan))
 }
@@ -589,13 +740,15 @@ async fn health_check<K: CredentialResource>(
 async fn report<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
-    tokens: &TokenSet,
+    stored: &Stored,
     keep: &Keep,
     plan: &Plan,
     refreshed: Option<Timestamp>,
     health: Option<(bool, &'static str, String)>,
     failure: Option<String>,
 ) -> Result<K, ReconcileError> {
+    let tokens = &stored.tokens;
+    let versions = (stored.vault_version.clone(), stored.token_version.clone());
     let ctx = &shared.ctx;
     let now = ctx.clock.now();
     let link = new_link(ctx, obj, now);
@@ -609,7 +762,7 @@ async fn report<K: CredentialResource>(
         tokens.consented_at,
     );
     let secret_name = keep.token_secret_name.clone();
-    let refreshed = last_refresh(refreshed, tokens);
+    let refreshed = last_refresh(refreshed, tokens.obtained_at, tokens.consented_at);
     let (renewal, may_link, reauth_due) = (keep.policy.renewal, keep.may_link, plan.reauthorization_due);
     let next_refresh = plan.refresh_at;
     let updated = write_status(shared, obj, |obj| {
@@ -623,6 +776,12 @@ async fn report<K: CredentialResource>(
             .is_none_or(|t| t.0.as_second() < consented.as_second());
         announced.store(fresh_grant && health.is_none(), std::sync::atomic::Ordering::Relaxed);
         status.secret_name = Some(secret_name.clone());
+        if versions.0.is_some() {
+            status.vault_secret_version = versions.0.clone();
+        }
+        if versions.1.is_some() {
+            status.token_secret_version = versions.1.clone();
+        }
         status.access_token_expires_at = Some(Time(*expires));
         status.granted_scopes = Some(scopes.clone());
         status.cloud_id = Some(cloud_id.clone());
@@ -794,12 +953,15 @@ mod tests {
             installation: None,
         };
         // A fresh grant is no refresh.
-        assert_eq!(last_refresh(None, &tokens), None);
+        assert_eq!(last_refresh(None, tokens.obtained_at, tokens.consented_at), None);
         // A renewed set (its own status write refused): its obtained time.
         tokens.obtained_at = later;
-        assert_eq!(last_refresh(None, &tokens), Some(later));
+        assert_eq!(last_refresh(None, tokens.obtained_at, tokens.consented_at), Some(later));
         // Just refreshed: that time.
-        assert_eq!(last_refresh(Some(consent), &tokens), Some(consent));
+        assert_eq!(
+            last_refresh(Some(consent), tokens.obtained_at, tokens.consented_at),
+            Some(consent)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -211,6 +211,7 @@ fn on_result<K: CredentialResource>(
     }
     if let Err(runtime::Error::ObjectNotFound(gone)) = result {
         let namespace = gone.namespace.clone().unwrap_or_default();
+        shared.ctx.known.forget_writes(&K::kind(&()), &namespace, &gone.name);
         shared.metrics.forget(&namespace, &K::kind(&()), &gone.name);
         tracing::debug!(kind = %K::kind(&()), namespace, name = %gone.name, "deleted: forgot its metrics");
     }
@@ -250,14 +251,22 @@ fn run_scope(
         ),
         None => (base.clone(), managed_by),
     };
-    // Owned Secrets only trigger reconciles (which read the vault fresh, never from a watch), so
-    // their watch is metadata only, and each controller's covers only its own kind's Secrets:
-    // no Secret data is ever held or even received (a fleet of 10,000 users has 20,000 Secrets).
+    // Owned Secrets trigger reconciles and feed `Known` (ownership, resourceVersions, the vault's
+    // planning annotations); a vault is only ever read fresh. So their watch is metadata only,
+    // and each controller's covers only its own kind's Secrets: no Secret data is ever held or
+    // even received (a fleet of 10,000 users has 20,000 Secrets). The echo of a reconcile's own
+    // write wakes nobody: the reconcile that wrote planned the next pass.
     let owned_secrets = |kind: &str| {
         let selector = format!("{managed},{}={kind}", store::OWNER_KIND_LABEL);
+        let (cache, writer) = reflector::store();
+        shared.ctx.known.add_secrets(cache);
+        let known = shared.ctx.known.clone();
         watcher(secrets.clone(), unselected.clone().labels(&selector))
             .default_backoff()
+            .modify(slim)
+            .reflect(writer)
             .touched_objects()
+            .try_filter(move |secret| futures::future::ready(!is_echo(&known, SECRET, secret)))
     };
     let signal = |tx: &tokio::sync::broadcast::Sender<()>| {
         let mut rx = tx.subscribe();
@@ -276,12 +285,14 @@ fn run_scope(
     };
     let installation_api = untyped(ApiResource::erase::<ConfluenceInstallation>(&()));
     let (installation_store, installation_writer) = reflector::store();
+    let known = shared.ctx.known.clone();
     let installation_stream =
         tolerant::watch::<ConfluenceInstallation>(installation_api.clone(), base.clone(), Some(shared.clone()))
             .modify(slim)
             .default_backoff()
             .reflect(installation_writer)
-            .applied_objects();
+            .applied_objects()
+            .try_filter(move |cfi| futures::future::ready(!is_echo(&known, &cfi_kind(), cfi)));
     let installation_shared = shared.clone();
     let limits = runtime::Config::default().concurrency(shared.ctx.reconcile_concurrency);
     let installation_controller = Controller::for_stream(installation_stream, installation_store.clone())
@@ -303,15 +314,24 @@ fn run_scope(
     .modify(slim)
     .default_backoff()
     .reflect(user_writer)
-    .applied_objects();
+    .applied_objects()
+    .try_filter({
+        let known = shared.ctx.known.clone();
+        move |cfua| futures::future::ready(!is_echo(&known, &cfua_kind(), cfua))
+    });
     let user_controller = Controller::for_stream(user_stream, user_store).with_config(limits);
     let user_store = user_controller.store();
     let stores = (installation_store, user_store.clone());
     let user_shared = shared.clone();
     // Installations as the users see them: a change (or an installation that stops fitting its
     // type, a stub delete) re-checks its users; reported by the installation controller only.
+    // Their cache also answers each user's installation lookup (`Known::installation`).
+    let (installations_seen, installations_writer) = reflector::store();
+    shared.ctx.known.add_installations(installations_seen);
     let installation_changes = tolerant::watch::<ConfluenceInstallation>(installation_api, unselected.clone(), None)
+        .modify(slim)
         .default_backoff()
+        .reflect(installations_writer)
         .touched_objects();
     let user_controller = user_controller
         .owns_stream(owned_secrets(&<ConfluenceUserAuth as kube::Resource>::kind(&())))
@@ -336,6 +356,53 @@ fn run_scope(
         tokio::join!(installation_controller, user_controller);
     };
     (controllers, stores)
+}
+
+/// The kind under which [`Known`](crate::known::Known) records Secret writes.
+const SECRET: &str = "Secret";
+
+fn cfi_kind() -> String {
+    <ConfluenceInstallation as kube::Resource>::kind(&()).to_string()
+}
+
+fn cfua_kind() -> String {
+    <ConfluenceUserAuth as kube::Resource>::kind(&()).to_string()
+}
+
+/// True when a watch event of `obj` is the echo of a reconcile's own write (see `Known`).
+fn is_echo<K: kube::Resource>(known: &crate::known::Known, kind: &str, obj: &K) -> bool {
+    let meta = obj.meta();
+    known.is_own_write(
+        kind,
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.resource_version.as_deref(),
+    )
+}
+
+/// Records the Secrets a reconcile wrote, so their watch events wake nobody.
+fn wrote_secrets(shared: &Shared, namespace: &str, written: &[(&str, &store::Put)]) {
+    for (name, put) in written {
+        let (replaced, version) = (put.replaced.as_deref(), put.version.as_deref());
+        shared.ctx.known.wrote(SECRET, namespace, name, replaced, version);
+    }
+}
+
+/// True when a cache still shows `obj`, its vault or its token Secret (`token_secret_name`) at
+/// a version this process's own write replaced: the pass would decide on what it just changed
+/// (and write again, or read to find out), so it comes back once the watches caught up.
+fn lagging<K: CredentialResource>(shared: &Shared, obj: &K, token_secret_name: &str) -> bool {
+    let known = &shared.ctx.known;
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let secret_behind = |secret: &str| {
+        let cached = known.secret(&namespace, secret);
+        let version = cached.as_ref().and_then(|s| s.metadata.resource_version.as_deref());
+        known.behind(SECRET, &namespace, secret, version)
+    };
+    known.behind(&K::kind(&()), &namespace, &name, obj.resource_version().as_deref())
+        || secret_behind(&crate::validation::vault_secret_name(&name))
+        || secret_behind(token_secret_name)
 }
 
 /// kubectl's copy of the whole object as last applied: nothing here reads it.
@@ -414,13 +481,25 @@ async fn write_status<K: CredentialResource>(
         observe(shared, obj);
         return Ok(changed);
     }
-    let before: Mutex<Option<CredentialStatus>> = Mutex::new(None);
+    // The status and resourceVersion `change` was last applied to: the version the write
+    // replaced (the cached one, or one read after a conflict).
+    let before: Mutex<(Option<CredentialStatus>, Option<String>)> = Mutex::default();
     let updated = store::update_status(&shared.ctx.client, obj, |current: &mut K| {
-        *lock(&before) = current.credential().cloned();
+        *lock(&before) = (current.credential().cloned(), current.resource_version());
         change(current);
     })
     .await?;
-    let before = lock(&before).take();
+    let (before, replaced) = std::mem::take(&mut *lock(&before));
+    if updated.resource_version() != replaced {
+        let namespace = updated.namespace().unwrap_or_default();
+        shared.ctx.known.wrote(
+            &K::kind(&()),
+            &namespace,
+            &updated.name_any(),
+            replaced.as_deref(),
+            updated.resource_version().as_deref(),
+        );
+    }
     if tracing::enabled!(tracing::Level::DEBUG) {
         let fields = |s: Option<&CredentialStatus>| match s.map(serde_json::to_value) {
             Some(Ok(serde_json::Value::Object(map))) => map,
@@ -572,7 +651,7 @@ async fn secret_conflict<K: CredentialResource>(
     token_secret_name: &str,
 ) -> Result<Option<Action>, ReconcileError> {
     let vault = crate::validation::vault_secret_name(&obj.name_any());
-    match store::check_owned(&shared.ctx.client, obj, &[&vault, token_secret_name]).await {
+    match store::check_owned(&shared.ctx.client, &shared.ctx.known, obj, &[&vault, token_secret_name]).await {
         Ok(()) => Ok(None),
         Err(e @ StoreError::SecretConflict(_)) => {
             report_failed(shared, obj, reason::SECRET_CONFLICT, e.to_string()).await?;
@@ -586,8 +665,8 @@ async fn secret_conflict<K: CredentialResource>(
 async fn stored_tokens<K: CredentialResource>(
     shared: &Shared,
     obj: &K,
-) -> Result<Result<Option<TokenSet>, Action>, ReconcileError> {
-    match store::read_tokens(&shared.ctx.client, &shared.ctx.keys, obj).await {
+) -> Result<Result<Option<store::Opened>, Action>, ReconcileError> {
+    match store::read_vault(&shared.ctx.client, &shared.ctx.keys, obj).await {
         Ok(tokens) => Ok(Ok(tokens)),
         Err(e @ (StoreError::Vault(_) | StoreError::Corrupt)) => {
             let action = report_failed(

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 
 use super::lifecycle::{self, AppCredentials, Keep};
 use super::{
-    ReconcileError, Shared, await_consent, clear_link, lock, report_failed, secret_conflict, stored_tokens,
+    ReconcileError, Shared, await_consent, clear_link, lagging, lock, report_failed, secret_conflict, stored_tokens,
     write_status,
 };
 use crate::crd::conditions::{self, reason};
@@ -22,6 +22,11 @@ use crate::validation;
 
 /// One pass over a user auth.
 pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Result<Action, ReconcileError> {
+    // The first passes after a start come back once the caches have listed (a miss would be
+    // a read).
+    if !shared.ctx.known.synced() {
+        return Ok(Action::requeue(crate::known::RETRY_UNTIL_SYNCED));
+    }
     let ctx = &shared.ctx;
     let namespace = cfua.namespace().unwrap_or_default();
     let installations: Api<ConfluenceInstallation> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -30,7 +35,13 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         let message = validation::messages::INSTALLATION_REF_EMPTY.to_string();
         return report_failed(&shared, &*cfua, reason::INVALID_SPEC, message).await;
     }
-    let (cfi, unfit) = match installations.get_opt(&cfua.spec.installation_ref.name).await {
+    let cached = ctx.known.installation(&namespace, &cfua.spec.installation_ref.name);
+    let fetched = match cached {
+        Some(cfi) => Ok(Some(ConfluenceInstallation::clone(&cfi))),
+        // Not in the cache: missing, or not fitting its type (the read tells which).
+        None => installations.get_opt(&cfua.spec.installation_ref.name).await,
+    };
+    let (cfi, unfit) = match fetched {
         Ok(cfi) => (cfi, false),
         // An installation that does not fit its type (it got past the schema) is reported on
         // its own status; here it is neither usable nor missing.
@@ -90,10 +101,6 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     if let Some(action) = secret_conflict(&shared, &*cfua, &fallback_policy(&cfua).2).await? {
         return Ok(action);
     }
-    let tokens = match stored_tokens(&shared, &*cfua).await? {
-        Ok(tokens) => tokens,
-        Err(action) => return Ok(action),
-    };
     let key = format!("{namespace}/{}", cfua.spec.installation_ref.name);
     if let Some(cfi) = &cfi {
         lock(&shared.app_credentials).insert(
@@ -101,6 +108,22 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
             (cfi.spec.client_id.clone(), cfi.spec.client_secret_ref.clone()),
         );
     }
+    // Nothing due and the status says all the vault would: no read at all. (The installation
+    // the grant is bound to is checked on the vault's word at the next full pass; changing
+    // spec.installationRef changes the generation, which takes the full pass now.)
+    let unchanged_binding = Some(cfua.spec.installation_ref.name.as_str());
+    if let Keeping::Keep(keep) = keep_of(&shared, &cfua, cfi.as_ref(), unchanged_binding, ready) {
+        if lagging(&shared, &*cfua, &keep.token_secret_name) {
+            return Ok(Action::requeue(crate::known::RETRY_UNTIL_SYNCED));
+        }
+        if let Some(action) = lifecycle::settled(&shared, &*cfua, &keep) {
+            return Ok(action);
+        }
+    }
+    let tokens = match stored_tokens(&shared, &*cfua).await? {
+        Ok(tokens) => tokens,
+        Err(action) => return Ok(action),
+    };
     let Some(tokens) = tokens else {
         if lifecycle::vault_lost(&*cfua) {
             return lifecycle::vault_missing(&shared, &*cfua, ready).await;
@@ -126,29 +149,61 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         )
         .await;
     };
-    // A stored grant: keep it alive, with or without the installation.
-    let (refresh_before, health_check_interval, token_secret_name) = match &cfi {
-        Some(cfi) => {
-            // The installation the grant was made under comes from the vault (authenticated),
-            // not from status, which others may be able to write (SECURITY.md, finding 10).
-            let bound = tokens.installation.as_deref();
-            match validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound) {
-                Ok(policy) => (
-                    policy.refresh_before,
-                    policy.health_check_interval,
-                    policy.token_secret_name,
-                ),
-                Err(e) => return report_failed(&shared, &*cfua, reason::INVALID_SPEC, e.to_string()).await,
-            }
+    // A stored grant: keep it alive, with or without the installation. The installation the
+    // grant was made under comes from the vault (authenticated), not from status, which others
+    // may be able to write (SECURITY.md, finding 10).
+    match keep_of(
+        &shared,
+        &cfua,
+        cfi.as_ref(),
+        tokens.tokens.installation.as_deref(),
+        ready,
+    ) {
+        Keeping::Keep(keep) => lifecycle::keep_alive(&shared, &*cfua, tokens, &keep).await,
+        Keeping::Invalid(message) => report_failed(&shared, &*cfua, reason::INVALID_SPEC, message).await,
+        Keeping::NoAppCredentials => {
+            // Installation gone before this replica ever saw it: nothing to refresh with.
+            tracing::warn!(name = %cfua.name_any(), installation = %key, "the installation is gone and its app credentials were never seen; the stored token is not refreshed");
+            Ok(Action::requeue(std::time::Duration::from_secs(300)))
         }
-        None => fallback_policy(&cfua),
+    }
+}
+
+/// How a user's stored grant is kept alive, or why it cannot be.
+enum Keeping {
+    Keep(Keep),
+    /// The spec is invalid (the message names the field and the fix).
+    Invalid(String),
+    /// The installation is gone and this process never saw its app credentials.
+    NoAppCredentials,
+}
+
+/// The policy of `cfua` under installation `cfi` (its own durations when the installation is
+/// gone), for a grant bound to installation `bound`.
+fn keep_of(
+    shared: &Shared,
+    cfua: &ConfluenceUserAuth,
+    cfi: Option<&ConfluenceInstallation>,
+    bound: Option<&str>,
+    ready: bool,
+) -> Keeping {
+    let (refresh_before, health_check_interval, token_secret_name) = match cfi {
+        Some(cfi) => match validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound) {
+            Ok(policy) => (
+                policy.refresh_before,
+                policy.health_check_interval,
+                policy.token_secret_name,
+            ),
+            Err(e) => return Keeping::Invalid(e.to_string()),
+        },
+        None => fallback_policy(cfua),
     };
+    let namespace = cfua.namespace().unwrap_or_default();
+    let key = format!("{namespace}/{}", cfua.spec.installation_ref.name);
     let Some((client_id, secret_ref)) = lock(&shared.app_credentials).get(&key).cloned() else {
-        // Installation gone before this replica ever saw it: nothing to refresh with.
-        tracing::warn!(name = %cfua.name_any(), installation = %key, "the installation is gone and its app credentials were never seen; the stored token is not refreshed");
-        return Ok(Action::requeue(std::time::Duration::from_secs(300)));
+        return Keeping::NoAppCredentials;
     };
-    let keep = Keep {
+    Keeping::Keep(Keep {
         policy: token::Policy {
             refresh_before,
             health_check_interval,
@@ -161,8 +216,7 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
             secret_ref,
         },
         may_link: ready,
-    };
-    lifecycle::keep_alive(&shared, &*cfua, tokens, &keep).await
+    })
 }
 
 /// The user's own durations (or the defaults) when the installation is gone.

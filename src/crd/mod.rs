@@ -143,6 +143,16 @@ pub struct CredentialStatus {
     /// Name of the Secret holding the access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The vault Secret's `metadata.resourceVersion` when the operator last wrote or read it.
+    /// At another version someone else changed it, and the operator opens it again before
+    /// planning from this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_secret_version: Option<String>,
+    /// The token Secret's `metadata.resourceVersion` when the operator last wrote it or found it
+    /// matching the vault. At another version someone else changed it, and the operator compares
+    /// it with the vault (and restores it) before trusting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_version: Option<String>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -264,7 +264,7 @@ async fn valid_link(
         ResourceKind::User => {
             let cfua = get_link_object::<ConfluenceUserAuth>(&ctx.client, namespace, name).await?;
             check_link(&cfua, nonce, now)?;
-            let cfi = installation_of(&ctx.client, &cfua).await?;
+            let cfi = installation_of(ctx, &cfua).await?;
             Ok(LinkTarget {
                 kind,
                 uid: cfua.uid().unwrap_or_default(),
@@ -363,10 +363,15 @@ async fn callback_with_flow(
     // Single use: the link is consumed by a write preconditioned on the object's
     // resourceVersion before the code is exchanged, so of concurrent callbacks exactly one
     // proceeds.
-    consume(ctx, flow).await?;
     let result = match flow.target.kind {
-        ResourceKind::Installation => grant_installation(ctx, flow, code).await,
-        ResourceKind::User => grant_user(ctx, flow, code).await,
+        ResourceKind::Installation => {
+            let cfi = consume::<ConfluenceInstallation>(ctx, flow).await?;
+            grant_installation(ctx, flow, cfi, code).await
+        }
+        ResourceKind::User => {
+            let cfua = consume::<ConfluenceUserAuth>(ctx, flow).await?;
+            grant_user(ctx, flow, cfua, code).await
+        }
     };
     if result.is_err() {
         abandon(ctx, flow).await;
@@ -375,8 +380,8 @@ async fn callback_with_flow(
 }
 
 /// Consumes the link: its nonce must still be current on this very object (uid), then it is
-/// replaced by a pending marker only this flow matches.
-async fn consume(ctx: &Context, flow: &state::FlowState) -> Result<(), Page> {
+/// replaced by a pending marker only this flow matches. Returns the object as written.
+async fn consume<K: CredentialResource>(ctx: &Context, flow: &state::FlowState) -> Result<K, Page> {
     let now = ctx.clock.now();
     let until = Time(now + PENDING_TTL);
     let take = |obj: &mut dyn Consumable| -> Result<(), ()> {
@@ -397,8 +402,9 @@ async fn consume(ctx: &Context, flow: &state::FlowState) -> Result<(), Page> {
         });
         Ok(())
     };
-    match update_flow_target(ctx, flow, take).await {
-        Ok(Ok(())) => Ok(()),
+    let (namespace, name) = (&flow.target.namespace, &flow.target.name);
+    match store::update_status_if::<K, _>(&ctx.client, namespace, name, |o| take(o)).await {
+        Ok(Ok(obj)) => Ok(obj),
         Ok(Err(())) => Err(stale_link()),
         Err(e) if is_not_found(&e) => Err(stale_link()),
         Err(e) => {
@@ -475,12 +481,13 @@ impl<K: CredentialResource> Consumable for K {
     }
 }
 
-async fn grant_installation(ctx: &Context, flow: &state::FlowState, code: &str) -> Result<Page, Page> {
-    let target = &flow.target;
-    let cfi = get::<ConfluenceInstallation>(&ctx.client, &target.namespace, &target.name).await?;
-    if !is_pending_flow(&cfi, flow) {
-        return Err(stale_link());
-    }
+/// `cfi`: as `consume` left it.
+async fn grant_installation(
+    ctx: &Context,
+    flow: &state::FlowState,
+    cfi: ConfluenceInstallation,
+    code: &str,
+) -> Result<Page, Page> {
     let policy = validation::installation(&cfi.name_any(), &cfi.spec).map_err(|e| invalid_spec(&e))?;
     validation::pinned_site_allowed(&policy, &ctx.allowed_site_suffixes).map_err(|e| invalid_spec(&e))?;
     let credentials = credentials_of(ctx, &cfi).await?;
@@ -490,17 +497,28 @@ async fn grant_installation(ctx: &Context, flow: &state::FlowState, code: &str) 
     })
     .await?;
     let set = token_set(ctx, &tokens, &site, &identity, None);
-    commit::<ConfluenceInstallation>(ctx, flow, &set, &policy.token_secret_name, &site, &identity, |_| {}).await?;
+    commit(
+        ctx,
+        flow,
+        &cfi,
+        &set,
+        &policy.token_secret_name,
+        &site,
+        &identity,
+        |_| {},
+    )
+    .await?;
     Ok(success(&site, &identity))
 }
 
-async fn grant_user(ctx: &Context, flow: &state::FlowState, code: &str) -> Result<Page, Page> {
-    let target = &flow.target;
-    let cfua = get::<ConfluenceUserAuth>(&ctx.client, &target.namespace, &target.name).await?;
-    if !is_pending_flow(&cfua, flow) {
-        return Err(stale_link());
-    }
-    let cfi = installation_of(&ctx.client, &cfua).await?;
+/// `cfua`: as `consume` left it.
+async fn grant_user(
+    ctx: &Context,
+    flow: &state::FlowState,
+    cfua: ConfluenceUserAuth,
+    code: &str,
+) -> Result<Page, Page> {
+    let cfi = installation_of(ctx, &cfua).await?;
     let bound = store::read_tokens(&ctx.client, &ctx.keys, &cfua)
         .await
         .ok()
@@ -528,9 +546,10 @@ async fn grant_user(ctx: &Context, flow: &state::FlowState, code: &str) -> Resul
     let installation = cfi.name_any();
     let set = token_set(ctx, &tokens, &site, &identity, Some(installation.clone()));
     let (display_name, account_id) = (identity.display_name.clone(), identity.account_id.clone());
-    commit::<ConfluenceUserAuth>(
+    commit(
         ctx,
         flow,
+        &cfua,
         &set,
         &policy.token_secret_name,
         &site,
@@ -622,13 +641,15 @@ fn token_set(
     }
 }
 
-/// Stores a grant: re-reads the object and insists it is still the flow's (uid, pending
-/// marker, generation), writes vault → token Secret, then status Ready in a write that checks
-/// the same again. If the object moved meanwhile, the Secrets just written are removed and
-/// nothing is stored.
+/// Stores a grant on `obj`, the object as the link's consumption left it (that write proved it
+/// the flow's): writes vault → token Secret, then status Ready in a write that insists, on a
+/// fresh read, that it is still the flow's (uid, pending marker, generation). If the object
+/// moved meanwhile, the Secrets just written are removed and nothing is stored.
+#[allow(clippy::too_many_arguments)]
 async fn commit<K: CredentialResource>(
     ctx: &Context,
     flow: &state::FlowState,
+    obj: &K,
     set: &TokenSet,
     token_secret_name: &str,
     site: &AccessibleResource,
@@ -636,30 +657,36 @@ async fn commit<K: CredentialResource>(
     extra: impl Fn(&mut K),
 ) -> Result<(), Page> {
     let (namespace, name) = (&flow.target.namespace, &flow.target.name);
-    let obj = get::<K>(&ctx.client, namespace, name).await?;
-    if !is_pending_flow(&obj, flow) {
-        return Err(stale_link());
-    }
     let api_base = ctx.atlassian.api_base_url(&set.cloud_id);
     // Both names are checked before either is written, so a conflict stores nothing at all.
     let vault = validation::vault_secret_name(name);
-    let checked = store::check_owned(&ctx.client, &obj, &[&vault, token_secret_name]).await;
+    let checked = store::check_owned(&ctx.client, &ctx.known, obj, &[&vault, token_secret_name]).await;
     match checked.and(Ok(())) {
         Ok(()) => {}
-        Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, &obj, &secret).await),
+        Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, obj, &secret).await),
         Err(e) => {
             tracing::warn!(error = %e, category = e.category(), "checking the grant's Secrets failed");
             return Err(unavailable());
         }
     }
-    match store::write_tokens(&ctx.client, &ctx.keys, &obj, set, token_secret_name, &api_base).await {
-        Ok(()) => {}
-        Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, &obj, &secret).await),
+    let stored = store::write_tokens(
+        &ctx.client,
+        &ctx.known,
+        &ctx.keys,
+        obj,
+        set,
+        token_secret_name,
+        &api_base,
+    )
+    .await;
+    let written = match stored {
+        Ok(written) => written,
+        Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, obj, &secret).await),
         Err(e) => {
             tracing::warn!(error = %e, category = e.category(), "storing a new grant failed");
             return Err(unavailable());
         }
-    }
+    };
     let now = ctx.clock.now();
     let secret_name = token_secret_name.to_string();
     let written = store::update_status_if::<K, ()>(&ctx.client, namespace, name, |obj| {
@@ -682,6 +709,8 @@ async fn commit<K: CredentialResource>(
         status.access_token_expires_at = Some(Time(set.expires_at));
         status.refresh_token_expires_at = Some(Time(set.consented_at + REFRESH_TOKEN_MAX_AGE));
         status.secret_name = Some(secret_name.clone());
+        status.vault_secret_version = written.vault.version.clone();
+        status.token_secret_version = written.token.version.clone();
         let message = format!(
             "authorized by Atlassian account {} on {}",
             identity.account_id, site.url
@@ -710,11 +739,11 @@ async fn commit<K: CredentialResource>(
     match written {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(())) => {
-            undo(ctx, &obj, token_secret_name).await;
+            undo(ctx, obj, token_secret_name).await;
             Err(stale_link())
         }
         Err(e) if is_not_found(&e) => {
-            undo(ctx, &obj, token_secret_name).await;
+            undo(ctx, obj, token_secret_name).await;
             Err(stale_link())
         }
         Err(e) => {
@@ -797,15 +826,17 @@ async fn refuse<K: CredentialResource, T>(ctx: &Context, obj: &K, result: Result
 
 async fn credentials_of(ctx: &Context, cfi: &ConfluenceInstallation) -> Result<ClientCredentials, Page> {
     let namespace = cfi.namespace().unwrap_or_default();
+    // Read fresh: the code exchange is the one try this consent gets.
     let secret: Option<SecretString> = match store::client_secret(
         &ctx.client,
+        None,
         &namespace,
         &cfi.spec.client_secret_ref,
         &ctx.client_secret_policy(),
     )
     .await
     {
-        Ok(secret) => secret,
+        Ok(secret) => secret.map(|s| s.value),
         Err(store::StoreError::ClientSecretRefused(why)) => {
             record_condition(ctx, cfi, conditions::READY, reason::CLIENT_SECRET_REFUSED, &why).await;
             return Err(Page::new(
@@ -829,14 +860,20 @@ async fn credentials_of(ctx: &Context, cfi: &ConfluenceInstallation) -> Result<C
     })
 }
 
-async fn installation_of(client: &Client, cfua: &ConfluenceUserAuth) -> Result<ConfluenceInstallation, Page> {
+/// The user's installation, from the leader's cache when it holds it Ready (else read).
+async fn installation_of(ctx: &Context, cfua: &ConfluenceUserAuth) -> Result<ConfluenceInstallation, Page> {
     let namespace = cfua.namespace().unwrap_or_default();
-    let api: Api<ConfluenceInstallation> = Api::namespaced(client.clone(), &namespace);
-    let cfi = api
-        .get_opt(&cfua.spec.installation_ref.name)
-        .await
-        .map_err(|_| unavailable())?;
-    cfi.filter(|cfi| cfi.credential().is_some_and(|c| conditions::is_true(&c.conditions, conditions::READY))).ok_or_else(|| {
+    let name = &cfua.spec.installation_ref.name;
+    let ready = |cfi: &ConfluenceInstallation| {
+        cfi.credential()
+            .is_some_and(|c| conditions::is_true(&c.conditions, conditions::READY))
+    };
+    if let Some(cfi) = ctx.known.installation(&namespace, name).filter(|c| ready(c)) {
+        return Ok(ConfluenceInstallation::clone(&cfi));
+    }
+    let api: Api<ConfluenceInstallation> = Api::namespaced(ctx.client.clone(), &namespace);
+    let cfi = api.get_opt(name).await.map_err(|_| unavailable())?;
+    cfi.filter(ready).ok_or_else(|| {
         Page::new(409, "installation_not_ready", "Installation not ready", format!(
             "ConfluenceInstallation {:?} is missing or not Ready, so users cannot authorize in it yet. Nothing was stored.",
             cfua.spec.installation_ref.name
