@@ -58,6 +58,9 @@ struct OwnWrite {
     written: String,
     /// When.
     at: tokio::time::Instant,
+    /// Its watch event came back (and woke nobody). The entry stays for [`Known::behind`]: a
+    /// pass dispatched with the older object just before the event may still be starting.
+    echoed: bool,
 }
 
 /// How long after an own write a cache still showing the version it replaced counts as
@@ -158,13 +161,32 @@ impl Known {
             replaced: replaced.map(str::to_string),
             written: version.to_string(),
             at: tokio::time::Instant::now(),
+            echoed: false,
         };
         locked(&self.own_writes).insert(key, write);
     }
 
-    /// True when a cache shows `kind` `namespace/name` at `cached_version`, the version a
-    /// reconcile's own write replaced: the cache is behind that write (whose event is on its way),
-    /// and a pass deciding from it would redo or contradict it.
+    /// Records a write made outside the reconcilers (the callback storing a grant): its events
+    /// wake the reconciler as any change does, but a pass handed the version it replaced is
+    /// [`behind`](Self::behind) it, and comes back rather than decide on that.
+    pub fn wrote_elsewhere(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        replaced: Option<&str>,
+        resource_version: Option<&str>,
+    ) {
+        self.wrote(kind, namespace, name, replaced, resource_version);
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        if let Some(write) = locked(&self.own_writes).get_mut(&key) {
+            write.echoed = true;
+        }
+    }
+
+    /// True when `cached_version` of `kind` `namespace/name` (as a cache showed it, or as a pass
+    /// was handed it) is the version a reconcile's own write replaced, at most [`LAG_LIMIT`] ago:
+    /// it is behind that write, and a pass deciding from it would redo or contradict it.
     pub fn behind(&self, kind: &str, namespace: &str, name: &str, cached_version: Option<&str>) -> bool {
         let Some(cached) = cached_version else { return false };
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
@@ -179,9 +201,9 @@ impl Known {
         let Some(version) = resource_version else { return false };
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         let mut writes = locked(&self.own_writes);
-        match writes.get(&key) {
-            Some(write) if write.written == version => {
-                writes.remove(&key);
+        match writes.get_mut(&key) {
+            Some(write) if write.written == version && !write.echoed => {
+                write.echoed = true;
                 true
             }
             _ => false,
@@ -261,12 +283,22 @@ mod tests {
             !known.is_own_write("Secret", "ns", "a", Some("7")),
             "the echo is consumed"
         );
-        assert!(!known.behind("Secret", "ns", "a", Some("6")), "the cache has caught up");
+        assert!(
+            known.behind("Secret", "ns", "a", Some("6")),
+            "a pass holding the older object is still told, after the echo"
+        );
         known.wrote("Secret", "ns", "a", None, Some("9"));
         assert!(!known.behind("Secret", "ns", "a", None));
         known.forget_writes("Secret", "ns", "a");
         assert!(!known.is_own_write("Secret", "ns", "a", Some("9")));
         known.wrote("Secret", "ns", "a", Some("9"), None);
+        assert!(!known.is_own_write("Secret", "ns", "a", None));
+        known.wrote_elsewhere("Secret", "ns", "c", Some("1"), Some("2"));
+        assert!(
+            !known.is_own_write("Secret", "ns", "c", Some("2")),
+            "it wakes the reconciler"
+        );
+        assert!(known.behind("Secret", "ns", "c", Some("1")));
         assert!(!known.is_own_write("Secret", "ns", "a", None));
     }
 

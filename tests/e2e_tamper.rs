@@ -16,6 +16,7 @@
 //! | a replaced keys Secret (restart) | every vault `VaultUnreadable`, the operator keeps running and reconciling |
 //! | a deleted keys Secret (restart) | the operator refuses to start, naming the fix, and mints no key |
 //! | the keys Secret restored (restart) | everything readable is Ready again without a new consent |
+//! | a token Secret edited while no operator ran | restored by the next operator, Event `TokenSecretRestored` |
 
 mod support;
 
@@ -322,6 +323,12 @@ async fn tampering_and_loss_are_detected_reported_and_repaired() {
     assert!(keys_api.get_opt(KEYS).await.unwrap().is_none(), "a key was minted");
     old_logs.push(log);
 
+    // While no operator runs: a forged access token in a token Secret. The next operator finds
+    // that Secret at another resourceVersion than the status records, and restores it.
+    let mut forged = tokens["source"].clone();
+    forged.insert("access_token".into(), b"forged-while-stopped".to_vec());
+    set_data(&secrets, "source-token", forged).await;
+
     // The backup restored: everything whose vault is intact is Ready again, with no consent.
     keys_api
         .create(
@@ -346,6 +353,13 @@ async fn tampering_and_loss_are_detected_reported_and_repaired() {
         ready(&users, name).await;
     }
     event(&client, &ns, "acme", "VaultReadable").await;
+    eventually(
+        "source-token, edited while stopped, to hold the vault's token again",
+        || async { (data(&secrets, "source-token").await.as_ref() == Some(&tokens["source"])).then_some(()) },
+    )
+    .await;
+    let note = event(&client, &ns, "source", "TokenSecretRestored").await;
+    assert!(note.contains("was edited"), "{note}");
     assert_eq!(
         env.atlassian.counters().grants("authorization_code"),
         codes_before,
@@ -367,7 +381,7 @@ async fn tampering_and_loss_are_detected_reported_and_repaired() {
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("TokenSecretRestored"))
         .filter_map(|e| e.regarding.and_then(|r| r.name))
-        .filter(|name| !["notoken", "edited", "handedit"].contains(&name.as_str()))
+        .filter(|name| !["notoken", "edited", "handedit", "source"].contains(&name.as_str()))
         .collect();
     assert!(
         restored.is_empty(),

@@ -490,6 +490,9 @@ async fn write_status<K: CredentialResource>(
     })
     .await?;
     let (before, replaced) = std::mem::take(&mut *lock(&before));
+    if replaced != obj.resource_version() {
+        tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), cached = ?obj.resource_version(), current = ?replaced, "the status was newer than the cached object; decided again on a fresh read");
+    }
     if updated.resource_version() != replaced {
         let namespace = updated.namespace().unwrap_or_default();
         shared.ctx.known.wrote(

@@ -687,12 +687,20 @@ async fn commit<K: CredentialResource>(
             return Err(unavailable());
         }
     };
+    // The handover pass that these writes wake must not decide on versions they replaced.
+    let known = &ctx.known;
+    for (secret, put) in [(vault.as_str(), &written.vault), (token_secret_name, &written.token)] {
+        let (replaced, version) = (put.replaced.as_deref(), put.version.as_deref());
+        known.wrote_elsewhere("Secret", namespace, secret, replaced, version);
+    }
     let now = ctx.clock.now();
     let secret_name = token_secret_name.to_string();
-    let written = store::update_status_if::<K, ()>(&ctx.client, namespace, name, |obj| {
+    let replaced = std::sync::Mutex::new(None);
+    let recorded = store::update_status_if::<K, ()>(&ctx.client, namespace, name, |obj| {
         if !is_pending_flow(obj, flow) {
             return Err(());
         }
+        *replaced.lock().unwrap_or_else(|e| e.into_inner()) = obj.resource_version();
         extra(obj);
         let generation = obj.meta().generation;
         let status = obj.credential_mut();
@@ -736,8 +744,13 @@ async fn commit<K: CredentialResource>(
         Ok(())
     })
     .await;
-    match written {
-        Ok(Ok(_)) => Ok(()),
+    match recorded {
+        Ok(Ok(updated)) => {
+            let replaced = replaced.into_inner().unwrap_or_else(|e| e.into_inner());
+            let version = updated.resource_version();
+            known.wrote_elsewhere(&K::kind(&()), namespace, name, replaced.as_deref(), version.as_deref());
+            Ok(())
+        }
         Ok(Err(())) => {
             undo(ctx, obj, token_secret_name).await;
             Err(stale_link())
