@@ -31,7 +31,7 @@ pub const CLIENT_SECRET_TTL: Duration = Duration::from_secs(10);
 pub struct Known {
     secrets: RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
     installations: RwLock<Vec<Store<ConfluenceInstallation>>>,
-    own_writes: Mutex<HashMap<WriteKey, OwnWrite>>,
+    own_writes: Mutex<OwnWrites>,
     client_secrets: Mutex<HashMap<(String, String), RecentSecret>>,
     sync_timed_out: std::sync::atomic::AtomicBool,
     first_asked: std::sync::OnceLock<tokio::time::Instant>,
@@ -48,6 +48,25 @@ type RecentSecret = (tokio::time::Instant, Arc<Secret>);
 
 /// (kind, namespace, name) of a written object.
 type WriteKey = (String, String, String);
+
+/// The latest own write of each object, pruned of writes older than [`LAG_LIMIT`] at most once
+/// per [`LAG_LIMIT`] (past it an entry tells nothing: a late echo merely wakes a pass).
+#[derive(Debug, Default)]
+struct OwnWrites {
+    latest: HashMap<WriteKey, OwnWrite>,
+    pruned_at: Option<tokio::time::Instant>,
+}
+
+impl OwnWrites {
+    fn insert(&mut self, key: WriteKey, write: OwnWrite) {
+        let now = write.at;
+        if self.pruned_at.is_none_or(|at| now.duration_since(at) >= LAG_LIMIT) {
+            self.latest.retain(|_, w| now.duration_since(w.at) < LAG_LIMIT);
+            self.pruned_at = Some(now);
+        }
+        self.latest.insert(key, write);
+    }
+}
 
 /// A reconcile's latest write of an object whose watch event has not come back yet.
 #[derive(Debug)]
@@ -82,7 +101,7 @@ impl std::fmt::Debug for Known {
         f.debug_struct("Known")
             .field("secret_caches", &read(&self.secrets).len())
             .field("installation_caches", &read(&self.installations).len())
-            .field("own_writes", &locked(&self.own_writes).len())
+            .field("own_writes", &locked(&self.own_writes).latest.len())
             .finish_non_exhaustive()
     }
 }
@@ -179,7 +198,7 @@ impl Known {
     ) {
         self.wrote(kind, namespace, name, replaced, resource_version);
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
-        if let Some(write) = locked(&self.own_writes).get_mut(&key) {
+        if let Some(write) = locked(&self.own_writes).latest.get_mut(&key) {
             write.echoed = true;
         }
     }
@@ -191,6 +210,7 @@ impl Known {
         let Some(cached) = cached_version else { return false };
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         locked(&self.own_writes)
+            .latest
             .get(&key)
             .is_some_and(|w| w.replaced.as_deref() == Some(cached) && w.at.elapsed() < LAG_LIMIT)
     }
@@ -201,7 +221,7 @@ impl Known {
         let Some(version) = resource_version else { return false };
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
         let mut writes = locked(&self.own_writes);
-        match writes.get_mut(&key) {
+        match writes.latest.get_mut(&key) {
             Some(write) if write.written == version && !write.echoed => {
                 write.echoed = true;
                 true
@@ -212,7 +232,8 @@ impl Known {
 
     /// Forgets the writes of an object that was deleted.
     pub fn forget_writes(&self, kind: &str, namespace: &str, name: &str) {
-        locked(&self.own_writes).remove(&(kind.to_string(), namespace.to_string(), name.to_string()));
+        let key = (kind.to_string(), namespace.to_string(), name.to_string());
+        locked(&self.own_writes).latest.remove(&key);
     }
 
     /// Client secret Secret `namespace/name` as read less than [`CLIENT_SECRET_TTL`] ago.
@@ -260,6 +281,8 @@ mod tests {
             !known.behind("ConfluenceUserAuth", "ns", "u", Some("1")),
             "a watch that never catches up holds nothing back"
         );
+        known.wrote("ConfluenceUserAuth", "ns", "v", Some("3"), Some("4"));
+        assert_eq!(locked(&known.own_writes).latest.len(), 1, "the old write was pruned");
     }
 
     #[tokio::test(start_paused = true)]

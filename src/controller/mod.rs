@@ -263,7 +263,7 @@ fn run_scope(
         let known = shared.ctx.known.clone();
         watcher(secrets.clone(), unselected.clone().labels(&selector))
             .default_backoff()
-            .modify(slim)
+            .modify(slim_secret)
             .reflect(writer)
             .touched_objects()
             .try_filter(move |secret| futures::future::ready(!is_echo(&known, SECRET, secret)))
@@ -328,11 +328,12 @@ fn run_scope(
     // Their cache also answers each user's installation lookup (`Known::installation`).
     let (installations_seen, installations_writer) = reflector::store();
     shared.ctx.known.add_installations(installations_seen);
+    let mut users_see = UsersSee::default();
     let installation_changes = tolerant::watch::<ConfluenceInstallation>(installation_api, unselected.clone(), None)
         .modify(slim)
         .default_backoff()
         .reflect(installations_writer)
-        .touched_objects();
+        .try_filter_map(move |event| futures::future::ready(Ok(users_see.changed(event))));
     let user_controller = user_controller
         .owns_stream(owned_secrets(&<ConfluenceUserAuth as kube::Resource>::kind(&())))
         // A user auth depends on its installation: re-check the users of one that changed.
@@ -356,6 +357,35 @@ fn run_scope(
         tokio::join!(installation_controller, user_controller);
     };
     (controllers, stores)
+}
+
+/// What the users of an installation depend on, by installation: which object it is (uid),
+/// its spec (generation) and whether it is Ready. Its token refreshes and health checks change
+/// its status often and none of that, so they re-check no user (a fleet of 10,000 users would
+/// otherwise be looked at again at every refresh of their installation).
+#[derive(Default)]
+struct UsersSee(HashMap<(String, String), (Option<String>, Option<i64>, bool)>);
+
+impl UsersSee {
+    /// The installation of `event` if its users must be looked at again (deleted, new, or a
+    /// change they depend on).
+    fn changed(&mut self, event: watcher::Event<ConfluenceInstallation>) -> Option<ConfluenceInstallation> {
+        match event {
+            watcher::Event::Delete(cfi) => {
+                self.0.remove(&(cfi.namespace().unwrap_or_default(), cfi.name_any()));
+                Some(cfi)
+            }
+            watcher::Event::Apply(cfi) | watcher::Event::InitApply(cfi) => {
+                let ready = cfi
+                    .credential()
+                    .is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY));
+                let seen = (cfi.uid(), cfi.metadata.generation, ready);
+                let key = (cfi.namespace().unwrap_or_default(), cfi.name_any());
+                (self.0.insert(key, seen.clone()) != Some(seen)).then_some(cfi)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => None,
+        }
+    }
 }
 
 /// The kind under which [`Known`](crate::known::Known) records Secret writes.
@@ -403,6 +433,24 @@ fn lagging<K: CredentialResource>(shared: &Shared, obj: &K, token_secret_name: &
     known.behind(&K::kind(&()), &namespace, &name, obj.resource_version().as_deref())
         || secret_behind(&crate::validation::vault_secret_name(&name))
         || secret_behind(token_secret_name)
+}
+
+/// What the owned-Secret caches keep of a Secret's metadata (20,000 of them for 10,000 users):
+/// name, namespace, resourceVersion, the owner references (ownership and the owner trigger) and
+/// the vault's own annotations (`known`); labels did their work in the watch's selector.
+fn slim_secret(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = &mut secret.metadata;
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.creation_timestamp = None;
+    meta.uid = None;
+    meta.finalizers = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|key, _| key.starts_with("confluence-auth.dev/"));
+    }
+    for owner in meta.owner_references.iter_mut().flatten() {
+        owner.block_owner_deletion = None;
+    }
 }
 
 /// kubectl's copy of the whole object as last applied: nothing here reads it.
@@ -728,6 +776,105 @@ mod tests {
         assert_eq!(error_delay(5, &key, at(0), Some(at(3600))), ERROR_RETRY_MAX);
         assert_eq!(error_delay(5, &key, at(0), Some(at(3))), Duration::from_secs(1));
         assert_eq!(error_delay(5, &key, at(0), Some(at(1))), crate::token::MIN_RETRY);
+    }
+
+    #[test]
+    fn the_secret_cache_keeps_ownership_version_and_the_vault_annotations_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+        let owner = OwnerReference {
+            api_version: "confluence-auth.dev/v1alpha1".into(),
+            kind: "ConfluenceUserAuth".into(),
+            name: "u1".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let mut secret = PartialObjectMeta::<Secret> {
+            metadata: ObjectMeta {
+                name: Some("u1-vault".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some("42".into()),
+                uid: Some("secret-uid".into()),
+                labels: Some([("app.kubernetes.io/managed-by".to_string(), "x".to_string())].into()),
+                annotations: Some(
+                    [
+                        (store::EXPIRES_AT_ANNOTATION.to_string(), "t".to_string()),
+                        (LAST_APPLIED.to_string(), "{}".to_string()),
+                    ]
+                    .into(),
+                ),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        slim_secret(&mut secret);
+        let meta = &secret.metadata;
+        assert_eq!(meta.name.as_deref(), Some("u1-vault"));
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert_eq!(meta.labels, None);
+        assert_eq!(meta.uid, None);
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), [store::EXPIRES_AT_ANNOTATION]);
+        let kept = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (kept.uid.as_str(), kept.kind.as_str(), kept.controller),
+            ("uid-1", "ConfluenceUserAuth", Some(true))
+        );
+        assert_eq!(kept.name, owner.name);
+    }
+
+    #[test]
+    fn users_are_rechecked_when_their_installation_changes_in_what_they_depend_on() {
+        let installation = |uid: &str, generation: i64, ready: bool| {
+            let mut cfi = ConfluenceInstallation::stub(kube::api::ObjectMeta {
+                name: Some("acme".into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                generation: Some(generation),
+                ..Default::default()
+            });
+            let now = Timestamp::from_second(1_800_000_000).unwrap();
+            let status = cfi.credential_mut();
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::READY,
+                ready,
+                "R",
+                "m",
+                Some(generation),
+                now,
+            );
+            status.access_token_expires_at = Some(Time(now));
+            cfi
+        };
+        let mut users_see = UsersSee::default();
+        let mut passes = |event| users_see.changed(event).is_some();
+        assert!(
+            passes(watcher::Event::InitApply(installation("u1", 1, true))),
+            "first seen"
+        );
+        assert!(!passes(watcher::Event::InitDone));
+        let mut refreshed = installation("u1", 1, true);
+        refreshed.credential_mut().access_token_expires_at = None;
+        assert!(
+            !passes(watcher::Event::Apply(refreshed)),
+            "a token refresh is no change for users"
+        );
+        assert!(
+            passes(watcher::Event::Apply(installation("u1", 1, false))),
+            "no longer Ready"
+        );
+        assert!(
+            passes(watcher::Event::Apply(installation("u1", 2, false))),
+            "a spec change"
+        );
+        assert!(passes(watcher::Event::Apply(installation("u2", 2, false))), "recreated");
+        assert!(passes(watcher::Event::Delete(installation("u2", 2, false))), "deleted");
+        assert!(
+            passes(watcher::Event::Apply(installation("u2", 2, false))),
+            "back after a delete"
+        );
     }
 
     #[test]
