@@ -364,7 +364,10 @@ fn run_scope(
 /// its status often and none of that, so they re-check no user (a fleet of 10,000 users would
 /// otherwise be looked at again at every refresh of their installation).
 #[derive(Default)]
-struct UsersSee(HashMap<(String, String), (Option<String>, Option<i64>, bool)>);
+struct UsersSee(HashMap<(String, String), DependedOn>);
+
+/// (uid, generation, Ready) of an installation.
+type DependedOn = (Option<String>, Option<i64>, bool);
 
 impl UsersSee {
     /// The installation of `event` if its users must be looked at again (deleted, new, or a
