@@ -435,9 +435,11 @@ async fn put_secret<K: CredentialResource>(
                     version: written.metadata.resource_version,
                 });
             }
-            // A concurrent writer, a create race, or a cache behind the API server: read
-            // again and re-check the owner.
-            Err(kube::Error::Api(status)) if (status.code == 409) && attempt < CONFLICT_RETRIES => continue,
+            // A concurrent writer, a create race, or a cache behind the API server (a 404: the
+            // Secret it showed was deleted meanwhile): read again and re-check the owner.
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) && attempt < CONFLICT_RETRIES => {
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }
