@@ -174,15 +174,7 @@ impl Known {
         replaced: Option<&str>,
         resource_version: Option<&str>,
     ) {
-        let Some(version) = resource_version else { return };
-        let key = (kind.to_string(), namespace.to_string(), name.to_string());
-        let write = OwnWrite {
-            replaced: replaced.map(str::to_string),
-            written: version.to_string(),
-            at: tokio::time::Instant::now(),
-            echoed: false,
-        };
-        locked(&self.own_writes).insert(key, write);
+        self.record((kind, namespace, name), replaced, resource_version, false);
     }
 
     /// Records a write made outside the reconcilers (the callback storing a grant): its events
@@ -196,11 +188,26 @@ impl Known {
         replaced: Option<&str>,
         resource_version: Option<&str>,
     ) {
-        self.wrote(kind, namespace, name, replaced, resource_version);
+        // Counted as echoed already: its event is a change like any other.
+        self.record((kind, namespace, name), replaced, resource_version, true);
+    }
+
+    fn record(
+        &self,
+        (kind, namespace, name): (&str, &str, &str),
+        replaced: Option<&str>,
+        version: Option<&str>,
+        echoed: bool,
+    ) {
+        let Some(version) = version else { return };
         let key = (kind.to_string(), namespace.to_string(), name.to_string());
-        if let Some(write) = locked(&self.own_writes).latest.get_mut(&key) {
-            write.echoed = true;
-        }
+        let write = OwnWrite {
+            replaced: replaced.map(str::to_string),
+            written: version.to_string(),
+            at: tokio::time::Instant::now(),
+            echoed,
+        };
+        locked(&self.own_writes).insert(key, write);
     }
 
     /// True when `cached_version` of `kind` `namespace/name` (as a cache showed it, or as a pass
