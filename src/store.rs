@@ -490,9 +490,9 @@ pub async fn update_status<K: CredentialResource>(
         } else {
             api.get(&name).await?
         };
-        let before = serde_json::to_value(&current).ok();
+        let before = status_as_written(&current);
         change(&mut current);
-        if serde_json::to_value(&current).ok() == before {
+        if status_as_written(&current) == before {
             return Ok(current);
         }
         match api.replace_status(&name, &PostParams::default(), &current).await {
@@ -501,6 +501,13 @@ pub async fn update_status<K: CredentialResource>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// `obj`'s status as it would be sent: times to the second, so a change below a second (which
+/// the API server would not keep) is no change. Only the status is compared: a status replace
+/// writes nothing else.
+fn status_as_written<K: CredentialResource>(obj: &K) -> Option<Vec<u8>> {
+    serde_json::to_vec(&obj.status()).ok()
 }
 
 /// Like [`update_status`], but `change` may refuse: it runs on the freshly read object inside

@@ -525,13 +525,6 @@ async fn write_status<K: CredentialResource>(
     obj: &K,
     change: impl Fn(&mut K),
 ) -> Result<K, ReconcileError> {
-    let mut changed = obj.clone();
-    change(&mut changed);
-    // Compared as written (times to the second), as `update_status` compares.
-    if serde_json::to_value(&changed).ok() == serde_json::to_value(obj).ok() {
-        observe(shared, obj);
-        return Ok(changed);
-    }
     // The status and resourceVersion `change` was last applied to: the version the write
     // replaced (the cached one, or one read after a conflict).
     let before: Mutex<(Option<CredentialStatus>, Option<String>)> = Mutex::default();
@@ -541,19 +534,22 @@ async fn write_status<K: CredentialResource>(
     })
     .await?;
     let (before, replaced) = std::mem::take(&mut *lock(&before));
+    if updated.resource_version() == replaced {
+        // Nothing to write: `change` changed nothing (as written) on the version it was given.
+        observe(shared, &updated);
+        return Ok(updated);
+    }
     if replaced != obj.resource_version() {
         tracing::debug!(kind = %K::kind(&()), name = %obj.name_any(), cached = ?obj.resource_version(), current = ?replaced, "the status was newer than the cached object; decided again on a fresh read");
     }
-    if updated.resource_version() != replaced {
-        let namespace = updated.namespace().unwrap_or_default();
-        shared.ctx.known.wrote(
-            &K::kind(&()),
-            &namespace,
-            &updated.name_any(),
-            replaced.as_deref(),
-            updated.resource_version().as_deref(),
-        );
-    }
+    let namespace = updated.namespace().unwrap_or_default();
+    shared.ctx.known.wrote(
+        &K::kind(&()),
+        &namespace,
+        &updated.name_any(),
+        replaced.as_deref(),
+        updated.resource_version().as_deref(),
+    );
     if tracing::enabled!(tracing::Level::DEBUG) {
         let fields = |s: Option<&CredentialStatus>| match s.map(serde_json::to_value) {
             Some(Ok(serde_json::Value::Object(map))) => map,
