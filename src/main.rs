@@ -8,6 +8,11 @@ use confluence_auth_operator::config::{Cli, Command};
 use confluence_auth_operator::demo;
 use confluence_auth_operator::{api_client, consumer, crd, operator, telemetry};
 
+/// mimalloc rather than glibc's malloc: a refresh is many small allocations, and glibc's cost
+/// a quarter of the operator's CPU in benchmark 2 (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's own lines are the story; the operator's INFO lines only with `--operator-logs`.
