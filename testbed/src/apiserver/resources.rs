@@ -1,6 +1,9 @@
 //! What the server serves: built-in kinds and those registered by CustomResourceDefinitions,
 //! and the discovery documents describing them.
 
+use std::sync::Arc;
+
+use kube_core::cel::{CompiledSchema, compile_schema};
 use serde_json::{Value, json};
 
 /// A printer column (`additionalPrinterColumns`).
@@ -45,11 +48,59 @@ pub struct Resource {
     pub status_subresource: bool,
     /// Custom resource (generation on spec change, Table columns from the CRD).
     pub custom: bool,
-    /// The CRD's openAPIV3Schema, for optional validation.
-    pub schema: Option<Value>,
+    /// The CRD's openAPIV3Schema, for optional validation (set with `set_schema`).
+    schema: Option<Value>,
+    /// The schema's `x-kubernetes-validations` rules, compiled once with it (as kube-apiserver
+    /// does per CRD), not on every write.
+    cel: Option<CelRules>,
+}
+
+/// A schema's CEL rules, compiled.
+#[derive(Clone)]
+pub struct CelRules(Arc<CompiledSchema>);
+
+impl CelRules {
+    fn of(schema: &Value) -> Self {
+        Self(Arc::new(compile_schema(schema)))
+    }
+
+    /// The compiled tree.
+    pub fn compiled(&self) -> &CompiledSchema {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CelRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CelRules")
+    }
+}
+
+/// The rules are a function of `Resource::schema`, which the comparison of two resources
+/// already covers.
+impl PartialEq for CelRules {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Resource {
+    /// The CRD's openAPIV3Schema.
+    pub fn schema(&self) -> Option<&Value> {
+        self.schema.as_ref()
+    }
+
+    /// Its CEL rules, compiled.
+    pub fn cel(&self) -> Option<&CelRules> {
+        self.cel.as_ref()
+    }
+
+    /// Sets the schema and compiles its rules.
+    pub fn set_schema(&mut self, schema: Option<Value>) {
+        self.cel = schema.as_ref().map(CelRules::of);
+        self.schema = schema;
+    }
+
     fn builtin(group: &str, version: &str, plural: &str, kind: &str, namespaced: bool, short: &[&str]) -> Self {
         Self {
             group: group.into(),
@@ -76,6 +127,7 @@ impl Resource {
             ),
             custom: false,
             schema: None,
+            cel: None,
         }
     }
 
@@ -132,35 +184,42 @@ impl Resource {
         versions
             .iter()
             .filter(|v| v["served"].as_bool().unwrap_or(true))
-            .map(|v| Resource {
-                group: group.clone(),
-                version: v["name"].as_str().unwrap_or_default().to_string(),
-                plural: plural.clone(),
-                singular: singular.clone(),
-                kind: kind.clone(),
-                namespaced: spec["scope"].as_str() != Some("Cluster"),
-                short_names: strings(&names["shortNames"]),
-                categories: strings(&names["categories"]),
-                columns: v["additionalPrinterColumns"]
-                    .as_array()
-                    .map(|cols| {
-                        cols.iter()
-                            .map(|c| Column {
-                                name: c["name"].as_str().unwrap_or_default().to_string(),
-                                type_: c["type"].as_str().unwrap_or("string").to_string(),
-                                json_path: c["jsonPath"].as_str().unwrap_or_default().to_string(),
-                                format: c["format"].as_str().unwrap_or_default().to_string(),
-                                description: c["description"].as_str().filter(|d| !d.is_empty()).map(str::to_string),
-                                priority: c["priority"].as_i64().unwrap_or(0),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                status_subresource: v["subresources"]["status"].is_object(),
-                custom: true,
-                schema: v["schema"]["openAPIV3Schema"]
-                    .is_object()
-                    .then(|| v["schema"]["openAPIV3Schema"].clone()),
+            .map(|v| {
+                let mut resource = Resource {
+                    group: group.clone(),
+                    version: v["name"].as_str().unwrap_or_default().to_string(),
+                    plural: plural.clone(),
+                    singular: singular.clone(),
+                    kind: kind.clone(),
+                    namespaced: spec["scope"].as_str() != Some("Cluster"),
+                    short_names: strings(&names["shortNames"]),
+                    categories: strings(&names["categories"]),
+                    columns: v["additionalPrinterColumns"]
+                        .as_array()
+                        .map(|cols| {
+                            cols.iter()
+                                .map(|c| Column {
+                                    name: c["name"].as_str().unwrap_or_default().to_string(),
+                                    type_: c["type"].as_str().unwrap_or("string").to_string(),
+                                    json_path: c["jsonPath"].as_str().unwrap_or_default().to_string(),
+                                    format: c["format"].as_str().unwrap_or_default().to_string(),
+                                    description: c["description"]
+                                        .as_str()
+                                        .filter(|d| !d.is_empty())
+                                        .map(str::to_string),
+                                    priority: c["priority"].as_i64().unwrap_or(0),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    status_subresource: v["subresources"]["status"].is_object(),
+                    custom: true,
+                    schema: None,
+                    cel: None,
+                };
+                let schema = &v["schema"]["openAPIV3Schema"];
+                resource.set_schema(schema.is_object().then(|| schema.clone()));
+                resource
             })
             .collect()
     }
@@ -336,7 +395,7 @@ pub fn openapi_group_version(resources: &[&Resource]) -> Value {
 fn crd_schemas(resources: &[&Resource]) -> serde_json::Map<String, Value> {
     let mut schemas = serde_json::Map::new();
     for r in resources.iter().filter(|r| r.custom) {
-        let Some(Value::Object(schema)) = &r.schema else {
+        let Some(Value::Object(schema)) = r.schema() else {
             continue;
         };
         let reversed: Vec<&str> = r.group.split('.').rev().collect();

@@ -12,7 +12,7 @@
 use kube_core::cel::{ErrorKind, Validator, apply_defaults};
 use serde_json::{Value, json};
 
-use super::resources::Resource;
+use super::resources::{CelRules, Resource};
 use super::store::ApiError;
 
 /// One `StatusCause`.
@@ -25,7 +25,7 @@ struct Cause {
 
 /// Fills in the schema's defaults.
 pub fn default(resource: &Resource, object: &mut Value) {
-    if let Some(schema) = &resource.schema {
+    if let Some(schema) = resource.schema() {
         *object = apply_defaults(schema, object);
     }
 }
@@ -33,13 +33,15 @@ pub fn default(resource: &Resource, object: &mut Value) {
 /// Validates `new` (already defaulted) against the resource's schema; `old` is the stored
 /// object for updates and patches.
 pub fn validate(resource: &Resource, new: &Value, old: Option<&Value>, status_only: bool) -> Result<(), ApiError> {
-    let Some(schema) = &resource.schema else {
+    let Some(schema) = resource.schema() else {
         return Ok(());
     };
     let mut causes = Vec::new();
     structural(schema, new, "", &mut causes);
-    if causes.iter().all(|c| c.reason != "FieldValueTypeInvalid") {
-        cel(schema, new, old, &mut causes);
+    if causes.iter().all(|c| c.reason != "FieldValueTypeInvalid")
+        && let Some(rules) = resource.cel()
+    {
+        cel(schema, rules, new, old, &mut causes);
     }
     causes.sort_by(|a, b| a.field.cmp(&b.field));
     causes.retain(|c| {
@@ -264,8 +266,14 @@ fn structural(schema: &Value, value: &Value, path: &str, causes: &mut Vec<Cause>
     }
 }
 
-fn cel(schema: &Value, new: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let Err(errors) = Validator::new().validate(schema, new, old) else {
+thread_local! {
+    /// A validator registers every Kubernetes CEL function when made: once per thread.
+    static VALIDATOR: Validator = Validator::new();
+}
+
+fn cel(schema: &Value, rules: &CelRules, new: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let outcome = VALIDATOR.with(|validator| validator.validate_compiled(rules.compiled(), new, old));
+    let Err(errors) = outcome else {
         return;
     };
     for error in errors.into_vec() {
@@ -345,7 +353,7 @@ mod tests {
                 "ref": {"type": "object", "properties": {"name": {"type": "string"}},
                     "x-kubernetes-validations": [{"rule": "self.name == oldSelf.name", "message": "ref.name is immutable"}]}}}}});
         let mut resource = sample();
-        resource.schema = Some(schema);
+        resource.set_schema(Some(schema));
         let object = |color: &str, name: &str| json!({"metadata": {"name": "x"}, "spec": {"color": color, "size": 1, "ref": {"name": name}}});
         let error = validate(&resource, &object("blue", "a"), None, false).unwrap_err();
         assert_eq!(
@@ -366,7 +374,7 @@ mod tests {
             "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 3, "pattern": "^[a-z]+$"},
                 "n": {"type": "integer", "maximum": 5}, "list": {"type": "array", "maxItems": 1, "items": {"type": "string"}}}}}});
         let mut resource = sample();
-        resource.schema = Some(schema);
+        resource.set_schema(Some(schema));
         let causes = |spec: Value| -> Vec<String> {
             match validate(
                 &resource,
