@@ -157,6 +157,10 @@ struct Family {
     scopes: Vec<String>,
     consented_at: Timestamp,
     revoked: bool,
+    /// Its refresh tokens not yet superseded, and its access tokens not yet retired: what the
+    /// next refresh changes, without a scan of every token ever issued.
+    live_refresh: Vec<String>,
+    live_access: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -303,6 +307,8 @@ impl TokenStore {
             scopes: consent.scopes,
             consented_at: now,
             revoked: false,
+            live_refresh: Vec::new(),
+            live_access: Vec::new(),
         });
         self.issue_pair(now, self.families.len() - 1, access_lifetime)
     }
@@ -328,6 +334,7 @@ impl TokenStore {
                     superseded_at: None,
                 },
             );
+            self.families[family].live_refresh.push(rt.clone());
             Some(rt)
         } else {
             None
@@ -347,6 +354,7 @@ impl TokenStore {
                 expires_at: after(now, access_lifetime),
             },
         );
+        self.families[family].live_access.push(access_token.clone());
         Ok(Grant {
             access_token,
             expires_in: access_lifetime,
@@ -385,14 +393,16 @@ impl TokenStore {
         }
         // Supersede every live refresh token of the family, and retire its access tokens
         // after the leeway.
-        for rt in self.refresh.values_mut() {
-            if rt.family == family_id && rt.superseded_at.is_none() {
+        for rt in std::mem::take(&mut family.live_refresh) {
+            if let Some(rt) = self.refresh.get_mut(&rt) {
                 rt.superseded_at = Some(now);
             }
         }
         let retire_at = after(now, REUSE_LEEWAY_SECS);
-        for at in self.access.values_mut() {
-            if at.family == Some(family_id) && at.expires_at > retire_at {
+        for at in std::mem::take(&mut family.live_access) {
+            if let Some(at) = self.access.get_mut(&at)
+                && at.expires_at > retire_at
+            {
                 at.expires_at = retire_at;
             }
         }
