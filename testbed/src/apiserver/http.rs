@@ -122,6 +122,62 @@ fn metadata_only(object: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }
 
+/// One line of a watch stream, `{"type": …, "object": …}`, serialized from a view of the
+/// stored object (a watch serializes every event for every watcher: no copy on the way).
+fn event_line(type_: &str, object: &impl serde::Serialize) -> String {
+    #[derive(serde::Serialize)]
+    struct Line<'a, O> {
+        #[serde(rename = "type")]
+        type_: &'a str,
+        object: &'a O,
+    }
+    serde_json::to_string(&Line { type_, object }).unwrap_or_default()
+}
+
+/// [`metadata_only`] without the copy.
+struct MetadataView<'a>(&'a Value);
+
+impl serde::Serialize for MetadataView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("kind", "PartialObjectMetadata")?;
+        map.serialize_entry("apiVersion", "meta.k8s.io/v1")?;
+        map.serialize_entry("metadata", &self.0["metadata"])?;
+        map.end()
+    }
+}
+
+/// The stored object in the version a request asked for (`apiVersion` set), without the copy
+/// [`super::store::with_version`] makes.
+struct VersionedView<'a> {
+    object: &'a Value,
+    api_version: &'a str,
+}
+
+impl serde::Serialize for VersionedView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let Some(fields) = self.object.as_object() else {
+            return self.object.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(fields.len() + usize::from(!fields.contains_key("apiVersion"))))?;
+        let mut versioned = false;
+        for (key, value) in fields {
+            if key == "apiVersion" {
+                map.serialize_entry(key, self.api_version)?;
+                versioned = true;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if !versioned {
+            map.serialize_entry("apiVersion", self.api_version)?;
+        }
+        map.end()
+    }
+}
+
 fn header_text(request: &Request<Incoming>, name: header::HeaderName) -> String {
     request
         .headers()
@@ -666,24 +722,36 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                     .as_deref()
                     .is_none_or(|f| super::select::field_matches(f, object).unwrap_or(false))
         };
+        let api_version = resource.api_version();
         let render = |type_: &str, object: &Value| -> Bytes {
-            // The writer may have used the other Event API: serve this watch's shape.
-            let object = &super::store::with_version(object, &resource);
-            let object = if as_table && type_ != "BOOKMARK" {
-                table::render(
+            let line = if as_table && type_ != "BOOKMARK" {
+                let object = &super::store::with_version(object, &resource);
+                let table = table::render(
                     &resource,
                     std::slice::from_ref(object),
                     object["metadata"]["resourceVersion"]
                         .as_str()
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(0),
-                )
+                );
+                json!({"type": type_, "object": table}).to_string()
+            } else if super::store::converts_on_read(&resource) {
+                // The writer may have used the other Event API: serve this watch's shape.
+                let object = super::store::with_version(object, &resource);
+                let object = if as_metadata { metadata_only(&object) } else { object };
+                json!({"type": type_, "object": object}).to_string()
             } else if as_metadata {
-                metadata_only(object)
+                event_line(type_, &MetadataView(object))
             } else {
-                object.clone()
+                event_line(
+                    type_,
+                    &VersionedView {
+                        object,
+                        api_version: &api_version,
+                    },
+                )
             };
-            Bytes::from(format!("{}\n", json!({"type": type_, "object": object})))
+            Bytes::from(line + "\n")
         };
         let bookmark = |rv: u64, end: bool| {
             let mut object = json!({"kind": resource.kind, "apiVersion": resource.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
@@ -692,25 +760,8 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
             }
             Bytes::from(format!("{}\n", json!({"type": "BOOKMARK", "object": object})))
         };
-        // What this watch sees of a change (cacher's `convertToWatchEvent`): an object entering
-        // the selection is ADDED, one leaving it is DELETED (its previous content at the new
-        // resourceVersion).
-        let seen = |event: &super::store::Event| -> Option<(&'static str, Value)> {
-            let now = matches(&event.object);
-            let before = event.previous.as_ref().map(&matches);
-            match (event.type_, now, before) {
-                ("MODIFIED", true, Some(false)) => Some(("ADDED", event.object.clone())),
-                ("MODIFIED", false, Some(true)) => {
-                    let mut gone = event.previous.clone().unwrap_or_default();
-                    gone["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"].clone();
-                    Some(("DELETED", gone))
-                }
-                (type_, true, _) => Some((type_, event.object.clone())),
-                _ => None,
-            }
-        };
         for event in &start.backlog {
-            if let Some((type_, object)) = seen(event)
+            if let Some((type_, object)) = seen_by(event, &matches)
                 && tx.send(Ok(Frame::data(render(type_, &object)))).await.is_err()
             {
                 return;
@@ -735,7 +786,7 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
                 }
                 event = live.recv() => match event {
                     Ok(event) if event.rv > start.from && event.key == key => {
-                        if let Some((type_, object)) = seen(&event)
+                        if let Some((type_, object)) = seen_by(&event, &matches)
                             && tx.send(Ok(Frame::data(render(type_, &object)))).await.is_err() { return; }
                     }
                     Ok(_) => {}
@@ -746,6 +797,27 @@ fn watch(call: &Call, target: &Target) -> Result<Response<Body>, ApiError> {
         }
     });
     Ok(stream_response(rx))
+}
+
+/// What a watch selecting by `matches` sees of a change (cacher's `convertToWatchEvent`): an
+/// object entering the selection is ADDED, one leaving it is DELETED (its previous content at
+/// the new resourceVersion).
+fn seen_by<'e>(
+    event: &'e super::store::Event,
+    matches: &impl Fn(&Value) -> bool,
+) -> Option<(&'static str, std::borrow::Cow<'e, Value>)> {
+    let now = matches(&event.object);
+    let before = event.previous.as_ref().map(matches);
+    match (event.type_, now, before) {
+        ("MODIFIED", true, Some(false)) => Some(("ADDED", std::borrow::Cow::Borrowed(&event.object))),
+        ("MODIFIED", false, Some(true)) => {
+            let mut gone = event.previous.clone().unwrap_or_default();
+            gone["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"].clone();
+            Some(("DELETED", std::borrow::Cow::Owned(gone)))
+        }
+        (type_, true, _) => Some((type_, std::borrow::Cow::Borrowed(&event.object))),
+        _ => None,
+    }
 }
 
 fn stream_response(rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>) -> Response<Body> {

@@ -1143,6 +1143,11 @@ pub fn key(resource: &Resource) -> Key {
     (resource.group.clone(), resource.plural.clone())
 }
 
+/// Whether [`with_version`] converts more than `apiVersion` for `resource` (the Event APIs).
+pub fn converts_on_read(resource: &Resource) -> bool {
+    is_events_v1(resource) || (resource.group.is_empty() && resource.plural == "events")
+}
+
 fn is_events_v1(resource: &Resource) -> bool {
     resource.group == "events.k8s.io" && resource.plural == "events"
 }
