@@ -485,14 +485,17 @@ pub async fn update_status<K: CredentialResource>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut current = if attempt == 1 && obj.resource_version().is_some() {
-            obj.clone()
-        } else {
-            api.get(&name).await?
-        };
-        let before = status_as_written(&current);
+        let cached = attempt == 1 && obj.resource_version().is_some();
+        let mut current = if cached { obj.clone() } else { api.get(&name).await? };
+        // `obj` is the version `change` starts from on the first attempt: compared as it is
+        // (most passes change nothing, and serializing is the dearer comparison).
+        let before = (!cached).then(|| status_as_written(&current));
         change(&mut current);
-        if status_as_written(&current) == before {
+        let unchanged = match before {
+            None => status_unchanged(obj, &current),
+            Some(before) => status_as_written(&current) == before,
+        };
+        if unchanged {
             return Ok(current);
         }
         match api.replace_status(&name, &PostParams::default(), &current).await {
@@ -501,6 +504,11 @@ pub async fn update_status<K: CredentialResource>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Whether `after` writes the same status as `before`: equal, or different only below a second.
+fn status_unchanged<K: CredentialResource>(before: &K, after: &K) -> bool {
+    before.status() == after.status() || status_as_written(before) == status_as_written(after)
 }
 
 /// `obj`'s status as it would be sent: times to the second, so a change below a second (which
@@ -627,4 +635,53 @@ pub async fn client_secret(
             value: secrecy::SecretString::from(value),
             cached,
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ConfluenceUserAuth, Phase};
+
+    fn user_auth() -> ConfluenceUserAuth {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "confluence-auth.dev/v1alpha1",
+            "kind": "ConfluenceUserAuth",
+            "metadata": {"name": "alice", "namespace": "team", "resourceVersion": "7"},
+            "spec": {"installationRef": {"name": "acme"}, "userId": "alice"},
+            "status": {"phase": "Ready", "lastRefreshTime": "2026-11-26T10:00:00Z"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_status_is_unchanged_when_equal_or_different_only_below_a_second() {
+        let before = user_auth();
+        assert!(status_unchanged(&before, &before.clone()));
+        let mut sub_second = before.clone();
+        let time = &mut sub_second.credential_mut().last_refresh_time;
+        let t = time.as_ref().unwrap().0;
+        *time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            t + jiff::SignedDuration::from_millis(400),
+        ));
+        assert_ne!(before.status, sub_second.status, "the typed statuses differ");
+        assert!(
+            status_unchanged(&before, &sub_second),
+            "the API server would keep the same"
+        );
+    }
+
+    #[test]
+    fn a_status_is_changed_by_any_written_field() {
+        let before = user_auth();
+        let mut phase = before.clone();
+        phase.credential_mut().phase = Some(Phase::Refreshing);
+        assert!(!status_unchanged(&before, &phase));
+        let mut later = before.clone();
+        let time = &mut later.credential_mut().last_refresh_time;
+        let t = time.as_ref().unwrap().0;
+        *time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            t + jiff::SignedDuration::from_secs(1),
+        ));
+        assert!(!status_unchanged(&before, &later));
+    }
 }

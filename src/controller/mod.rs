@@ -526,14 +526,26 @@ async fn write_status<K: CredentialResource>(
     change: impl Fn(&mut K),
 ) -> Result<K, ReconcileError> {
     // The status and resourceVersion `change` was last applied to: the version the write
-    // replaced (the cached one, or one read after a conflict).
+    // replaced (the cached one, or one read after a conflict). A copy only of a version read
+    // here: the cached one is `obj` (and most passes write nothing).
     let before: Mutex<(Option<CredentialStatus>, Option<String>)> = Mutex::default();
     let updated = store::update_status(&shared.ctx.client, obj, |current: &mut K| {
-        *lock(&before) = (current.credential().cloned(), current.resource_version());
+        let version = current.resource_version();
+        let copy = if version == obj.resource_version() {
+            None
+        } else {
+            current.credential().cloned()
+        };
+        *lock(&before) = (copy, version);
         change(current);
     })
     .await?;
-    let (before, replaced) = std::mem::take(&mut *lock(&before));
+    let (copy, replaced) = std::mem::take(&mut *lock(&before));
+    let before = if replaced == obj.resource_version() {
+        obj.credential()
+    } else {
+        copy.as_ref()
+    };
     if updated.resource_version() == replaced {
         // Nothing to write: `change` changed nothing (as written) on the version it was given.
         observe(shared, &updated);
@@ -555,7 +567,7 @@ async fn write_status<K: CredentialResource>(
             Some(Ok(serde_json::Value::Object(map))) => map,
             _ => serde_json::Map::new(),
         };
-        let (old, new) = (fields(before.as_ref()), fields(updated.credential()));
+        let (old, new) = (fields(before), fields(updated.credential()));
         let changed: Vec<&String> = new
             .keys()
             .chain(old.keys())
@@ -566,7 +578,7 @@ async fn write_status<K: CredentialResource>(
         }
     }
     if let Some(after) = updated.credential() {
-        shared.events.publish_changes(&updated, before.as_ref(), after).await;
+        shared.events.publish_changes(&updated, before, after).await;
         observe(shared, &updated);
     }
     Ok(updated)

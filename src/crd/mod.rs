@@ -226,7 +226,7 @@ pub fn write_files(dir: &std::path::Path) -> std::io::Result<()> {
 /// What both kinds offer the code that stores and reports credentials.
 pub trait CredentialResource:
     kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + kube::core::object::HasStatus<Status: Serialize>
+    + kube::core::object::HasStatus<Status: Serialize + PartialEq>
     + Clone
     + Serialize
     + serde::de::DeserializeOwned
