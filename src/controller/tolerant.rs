@@ -88,7 +88,9 @@ where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
     let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-    serde_path_to_error::deserialize::<_, K>(value).map_err(|e| problem(&K::kind(&()), &e))
+    // Nearly every object fits: the path of a misfit is tracked only to name it.
+    K::deserialize(&value)
+        .or_else(|_| serde_path_to_error::deserialize::<_, K>(value).map_err(|e| problem(&K::kind(&()), &e)))
 }
 
 /// A watch of `K` through untyped objects: objects that fit pass, one that does not is removed
