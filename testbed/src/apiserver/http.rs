@@ -119,7 +119,7 @@ impl Call {
 
 /// `object` as a `PartialObjectMetadata` (metadata only).
 fn metadata_only(object: &Value) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
+    serde_json::to_value(MetadataView(object)).unwrap_or_default()
 }
 
 /// One line of a watch stream, `{"type": …, "object": …}`, serialized from a view of the
@@ -134,7 +134,7 @@ fn event_line(type_: &str, object: &impl serde::Serialize) -> String {
     serde_json::to_string(&Line { type_, object }).unwrap_or_default()
 }
 
-/// [`metadata_only`] without the copy.
+/// An object's `PartialObjectMetadata`, serialized from the object itself.
 struct MetadataView<'a>(&'a Value);
 
 impl serde::Serialize for MetadataView<'_> {

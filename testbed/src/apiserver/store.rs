@@ -358,7 +358,7 @@ impl Store {
             check_namespace(&inner, namespace)?;
             check_not_terminating(&inner, resource, namespace, &name)?;
         }
-        if resource.group.is_empty() && resource.plural == "events" {
+        if is_core_events(resource) {
             check_event(resource, namespace, &name, &object)?;
         }
         let namespace = if resource.namespaced {
@@ -1124,7 +1124,7 @@ pub fn with_version(object: &Value, resource: &Resource) -> Value {
     // Both Event APIs serve one stored kind, as on a real server (stored in the core shape).
     let mut object = if is_events_v1(resource) {
         event_from_core(&event_to_core(object))
-    } else if resource.group.is_empty() && resource.plural == "events" {
+    } else if is_core_events(resource) {
         event_to_core(object)
     } else {
         object.clone()
@@ -1145,7 +1145,11 @@ pub fn key(resource: &Resource) -> Key {
 
 /// Whether [`with_version`] converts more than `apiVersion` for `resource` (the Event APIs).
 pub fn converts_on_read(resource: &Resource) -> bool {
-    is_events_v1(resource) || (resource.group.is_empty() && resource.plural == "events")
+    is_events_v1(resource) || is_core_events(resource)
+}
+
+fn is_core_events(resource: &Resource) -> bool {
+    resource.group.is_empty() && resource.plural == "events"
 }
 
 fn is_events_v1(resource: &Resource) -> bool {
