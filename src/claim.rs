@@ -28,13 +28,22 @@ pub fn claim_name(installation: &str, account_id: &str) -> String {
     format!("cfua-claim-{}", &hex::encode(digest)[..24])
 }
 
+/// How `cfua` came to hold a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// This call created it (a flow that then stores nothing releases it).
+    Now,
+    /// `cfua` held it already (an earlier grant for the same account).
+    Before,
+}
+
 /// Claims `account_id` in `cfua`'s installation for `cfua`. `Ok(Err(holder))` names the user
 /// auth that already holds it.
 pub async fn claim(
     client: &Client,
     cfua: &ConfluenceUserAuth,
     account_id: &str,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<Claimed, String>, StoreError> {
     let namespace = cfua.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let users: Api<ConfluenceUserAuth> = Api::namespaced(client.clone(), &namespace);
@@ -59,7 +68,7 @@ pub async fn claim(
     };
     for _ in 0..ATTEMPTS {
         match secrets.create(&PostParams::default(), &wanted).await {
-            Ok(_) => return Ok(Ok(())),
+            Ok(_) => return Ok(Ok(Claimed::Now)),
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
@@ -67,7 +76,7 @@ pub async fn claim(
             continue;
         };
         if store::owned_by(&existing.metadata, cfua) {
-            return Ok(Ok(()));
+            return Ok(Ok(Claimed::Before));
         }
         // Held by another user auth: it keeps the account while it exists under that uid.
         let holder = existing
@@ -104,6 +113,13 @@ pub async fn claim(
         }
     }
     Err(StoreError::SecretConflict(name))
+}
+
+/// Releases the claim of `account_id` that a flow storing nothing made for `cfua`, so that it
+/// does not keep the account from another user auth.
+pub async fn release(client: &Client, cfua: &ConfluenceUserAuth, account_id: &str) -> Result<(), StoreError> {
+    let name = claim_name(&cfua.spec.installation_ref.name, account_id);
+    store::delete_owned(client, cfua, &[&name]).await
 }
 
 /// Releases every claim of `cfua` except the one for `keep_account` (after a re-consent as

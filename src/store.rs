@@ -527,13 +527,43 @@ pub async fn update_status_if<K: CredentialResource, E>(
     name: &str,
     change: impl Fn(&mut K) -> Result<(), E>,
 ) -> Result<Result<K, E>, StoreError> {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    replace_status_if(Api::namespaced(client.clone(), namespace), name, None, change).await
+}
+
+/// Like [`update_status_if`], starting from `start` (an object as this process just wrote it):
+/// the first attempt is preconditioned on its resourceVersion instead of a fresh read, so a
+/// write in between is a conflict, after which `change` runs again on a fresh read (as it
+/// does when it refuses `start`).
+pub async fn update_status_if_from<K: CredentialResource, E>(
+    client: &Client,
+    start: &K,
+    change: impl Fn(&mut K) -> Result<(), E>,
+) -> Result<Result<K, E>, StoreError> {
+    let api = Api::namespaced(client.clone(), &start.namespace().unwrap_or_default());
+    let name = start.name_any();
+    let start = start.resource_version().is_some().then(|| start.clone());
+    replace_status_if(api, &name, start, change).await
+}
+
+async fn replace_status_if<K: CredentialResource, E>(
+    api: Api<K>,
+    name: &str,
+    mut start: Option<K>,
+    change: impl Fn(&mut K) -> Result<(), E>,
+) -> Result<Result<K, E>, StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut current = api.get(name).await?;
+        let (mut current, fresh) = match start.take() {
+            Some(start) => (start, false),
+            None => (api.get(name).await?, true),
+        };
         if let Err(refused) = change(&mut current) {
-            return Ok(Err(refused));
+            // Only a fresh read's refusal is final: `start` may be behind.
+            if fresh {
+                return Ok(Err(refused));
+            }
+            continue;
         }
         match api.replace_status(name, &PostParams::default(), &current).await {
             Ok(updated) => return Ok(Ok(updated)),

@@ -121,35 +121,34 @@ async fn a_resource_cannot_take_over_another_resources_secrets() {
     assert_eq!(fingerprint(&secrets, "acme-vault").await, acme_vault);
     ready(&installations, "acme").await;
 
-    // A Secret created by hand under a name a pending consent would write: the consent stores
-    // nothing and says which Secret is in the way.
-    apply_yaml(&env, &ns, &user_auth("carol", ""));
-    let carol_link = link_of(&users, "carol").await;
-    let callback = {
+    // A Secret created by hand under a name a pending consent would write, the token
+    // Secret's or the vault's (written first): the consent stores nothing and says which
+    // Secret is in the way. Ada both times: a consent that stored nothing holds no claim on
+    // her account.
+    for (user, taken, other) in [
+        ("carol", "carol-token", "carol-vault"),
+        ("dave", "dave-vault", "dave-token"),
+    ] {
+        apply_yaml(&env, &ns, &user_auth(user, ""));
+        let link = link_of(&users, user).await;
         let mut browser = Browser::new();
         env.atlassian.consent_as(ADA);
-        let callback = browser.consent(&carol_link).await;
-        (browser, callback)
-    };
-    env.kubectl_ok(&["apply", "-n", &ns, "-f", &{
-        let path = env.dir.path().join("squatter.yaml");
-        std::fs::write(
-            &path,
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: carol-token\nstringData:\n  note: mine\n",
-        )
-        .unwrap();
-        path.to_string_lossy().into_owned()
-    }]);
-    let squatter = fingerprint(&secrets, "carol-token").await;
-    let (mut browser, callback) = callback;
-    let page = browser.get(&callback).await;
-    assert_eq!(page.status, 409, "{}", page.body);
-    assert!(page.body.contains("carol-token"), "{}", page.body);
-    assert_eq!(fingerprint(&secrets, "carol-token").await, squatter);
-    assert!(
-        secrets.get_opt("carol-vault").await.unwrap().is_none(),
-        "a vault was written"
-    );
+        let callback = browser.consent(&link).await;
+        apply_yaml(
+            &env,
+            &ns,
+            &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {taken}\nstringData:\n  note: mine\n"),
+        );
+        let squatter = fingerprint(&secrets, taken).await;
+        let page = browser.get(&callback).await;
+        assert_eq!(page.status, 409, "{user}: {}", page.body);
+        assert!(page.body.contains(taken), "{}", page.body);
+        assert_eq!(fingerprint(&secrets, taken).await, squatter);
+        assert!(secrets.get_opt(other).await.unwrap().is_none(), "{other} was written");
+        let (status, message) = condition_with(&users, user, conditions::READY, "SecretConflict").await;
+        assert_eq!(status, "False");
+        assert!(message.contains(&format!("{taken:?}")), "{message}");
+    }
     drop(operator);
 }
 

@@ -7,11 +7,11 @@ use kube::runtime::controller::Action;
 
 use super::lifecycle::{self, AppCredentials, Keep};
 use super::{
-    ReconcileError, Shared, await_consent, client_credentials, lagging, lock, report_failed, secret_conflict,
-    stored_tokens,
+    ReconcileError, Shared, await_consent, client_credentials, consent_in_flight, lagging, lock, report_failed,
+    secret_conflict, stored_tokens,
 };
 use crate::crd::conditions::reason;
-use crate::crd::{ConfluenceInstallation, GrantType};
+use crate::crd::{ConfluenceInstallation, CredentialResource, GrantType};
 use crate::token::{self, Renewal};
 use crate::validation;
 
@@ -29,6 +29,9 @@ pub async fn reconcile(cfi: Arc<ConfluenceInstallation>, shared: Arc<Shared>) ->
         format!("{namespace}/{}", cfi.name_any()),
         (cfi.spec.client_id.clone(), cfi.spec.client_secret_ref.clone()),
     );
+    if let Some(wait) = consent_in_flight(cfi.metadata.generation, cfi.credential(), shared.ctx.clock.now()) {
+        return Ok(Action::requeue(wait));
+    }
     let policy = match validation::installation(&cfi.name_any(), &cfi.spec) {
         Ok(policy) => policy,
         Err(e) => return report_failed(&shared, &*cfi, reason::INVALID_SPEC, e.to_string()).await,

@@ -613,6 +613,24 @@ pub fn needs_new_link(status: Option<&CredentialStatus>, now: Timestamp) -> bool
     status.authorization_url.is_none() || status.authorization_nonce_hash.is_none() || expired
 }
 
+/// How long a pass may wait when a callback has consumed `obj`'s link for its current spec
+/// (`generation`) and no grant is stored yet: there is no link to publish and nothing to
+/// refresh, and the callback's own writes wake the next pass (reads and writes now would only
+/// race them). `None`: a full pass. The wait ends with the pending marker, which a callback
+/// that died leaves behind.
+pub fn consent_in_flight(
+    generation: Option<i64>,
+    status: Option<&CredentialStatus>,
+    now: Timestamp,
+) -> Option<Duration> {
+    let status = status?;
+    let pending = status.pending_authorization.as_ref()?;
+    let in_flight = pending.expires_at.0 > now
+        && pending.generation == generation
+        && !conditions::is_true(&status.conditions, conditions::AUTHORIZED);
+    in_flight.then(|| until(now, pending.expires_at.0))
+}
+
 /// A new authorization link for `obj`: (url, nonce hash, expiry).
 fn new_link<K: CredentialResource>(ctx: &Context, obj: &K, now: Timestamp) -> (String, String, Timestamp) {
     let (nonce, hash) = state::new_nonce();
@@ -770,6 +788,55 @@ mod tests {
         assert!(needs_new_link(Some(&status), at(200)));
         status.authorization_nonce_hash = None;
         assert!(needs_new_link(Some(&status), at(100)));
+    }
+
+    #[test]
+    fn a_pass_waits_out_a_consent_in_flight_only_without_a_stored_grant() {
+        use crate::crd::PendingAuthorization;
+        let pending = |generation, expires| PendingAuthorization {
+            nonce_hash: "h".into(),
+            generation: Some(generation),
+            expires_at: Time(at(expires)),
+        };
+        let mut status = CredentialStatus {
+            pending_authorization: Some(pending(3, 400)),
+            ..Default::default()
+        };
+        assert_eq!(
+            consent_in_flight(Some(3), Some(&status), at(100)),
+            Some(Duration::from_secs(300))
+        );
+        // Expired marker, a spec changed since, no marker, no status: a full pass.
+        assert_eq!(consent_in_flight(Some(3), Some(&status), at(400)), None);
+        assert_eq!(consent_in_flight(Some(4), Some(&status), at(100)), None);
+        assert_eq!(consent_in_flight(Some(3), None, at(100)), None);
+        // A re-consent over a stored grant: the grant is kept alive meanwhile.
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::AUTHORIZED,
+            true,
+            reason::AUTHORIZED,
+            "ok",
+            Some(3),
+            at(50),
+        );
+        assert_eq!(consent_in_flight(Some(3), Some(&status), at(100)), None);
+        // A revoked grant has nothing to keep alive.
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::AUTHORIZED,
+            false,
+            reason::GRANT_REVOKED,
+            "gone",
+            Some(3),
+            at(60),
+        );
+        assert_eq!(
+            consent_in_flight(Some(3), Some(&status), at(100)),
+            Some(Duration::from_secs(300))
+        );
+        status.pending_authorization = None;
+        assert_eq!(consent_in_flight(Some(3), Some(&status), at(100)), None);
     }
 
     #[test]

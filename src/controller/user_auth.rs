@@ -11,8 +11,8 @@ use kube::runtime::controller::Action;
 
 use super::lifecycle::{self, AppCredentials, Keep};
 use super::{
-    ReconcileError, Shared, await_consent, clear_link, lagging, lock, report_failed, secret_conflict, stored_tokens,
-    write_status,
+    ReconcileError, Shared, await_consent, clear_link, consent_in_flight, lagging, lock, report_failed,
+    secret_conflict, stored_tokens, write_status,
 };
 use crate::crd::conditions::{self, reason};
 use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, Phase};
@@ -28,6 +28,9 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         return Ok(Action::requeue(crate::known::RETRY_UNTIL_SYNCED));
     }
     let ctx = &shared.ctx;
+    if let Some(wait) = consent_in_flight(cfua.metadata.generation, cfua.credential(), ctx.clock.now()) {
+        return Ok(Action::requeue(wait));
+    }
     let namespace = cfua.namespace().unwrap_or_default();
     let installations: Api<ConfluenceInstallation> = Api::namespaced(ctx.client.clone(), &namespace);
     // Nothing to look up without a name (and the request would not be for one object).

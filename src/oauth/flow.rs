@@ -542,11 +542,11 @@ async fn grant_user(
             return Err(unavailable());
         }
     };
-    refuse(ctx, &cfua, claimed).await?;
+    let claimed = refuse(ctx, &cfua, claimed).await?;
     let installation = cfi.name_any();
     let set = token_set(ctx, &tokens, &site, &identity, Some(installation.clone()));
     let (display_name, account_id) = (identity.display_name.clone(), identity.account_id.clone());
-    commit(
+    let committed = commit(
         ctx,
         flow,
         &cfua,
@@ -561,7 +561,19 @@ async fn grant_user(
             status.bound_installation = Some(installation.clone());
         },
     )
-    .await?;
+    .await;
+    if let Err(page) = committed {
+        // A claim this flow made for a grant it did not store would keep the account from
+        // others. (Kept when the outcome is unknown: then it goes with the user auth.)
+        let stored_nothing = matches!(page.outcome, "secret_conflict" | "stale_link");
+        if claimed == claim::Claimed::Now
+            && stored_nothing
+            && let Err(e) = claim::release(&ctx.client, &cfua, &identity.account_id).await
+        {
+            tracing::warn!(error = %e, "releasing the claim of a grant not stored failed; it goes with the user auth");
+        }
+        return Err(page);
+    }
     if let Err(e) = claim::release_others(&ctx.client, &cfua, &identity.account_id).await {
         tracing::warn!(error = %e, "releasing an earlier account claim failed; it goes with the user auth");
     }
@@ -642,9 +654,10 @@ fn token_set(
 }
 
 /// Stores a grant on `obj`, the object as the link's consumption left it (that write proved it
-/// the flow's): writes vault → token Secret, then status Ready in a write that insists, on a
-/// fresh read, that it is still the flow's (uid, pending marker, generation). If the object
-/// moved meanwhile, the Secrets just written are removed and nothing is stored.
+/// the flow's): writes vault → token Secret, then status Ready in a write preconditioned on
+/// `obj`'s resourceVersion, or after a conflict on a fresh read that is still the flow's (uid,
+/// pending marker, generation). If the object moved meanwhile, the Secrets just written are
+/// removed and nothing is stored.
 #[allow(clippy::too_many_arguments)]
 async fn commit<K: CredentialResource>(
     ctx: &Context,
@@ -658,9 +671,10 @@ async fn commit<K: CredentialResource>(
 ) -> Result<(), Page> {
     let (namespace, name) = (&flow.target.namespace, &flow.target.name);
     let api_base = ctx.atlassian.api_base_url(&set.cloud_id);
-    // Both names are checked before either is written, so a conflict stores nothing at all.
+    // The token Secret's name is checked before the vault is written, so a conflict stores
+    // nothing at all (the vault's own write refuses a name not `obj`'s before writing).
     let vault = validation::vault_secret_name(name);
-    let checked = store::check_owned(&ctx.client, &ctx.known, obj, &[&vault, token_secret_name]).await;
+    let checked = store::check_owned(&ctx.client, &ctx.known, obj, &[token_secret_name]).await;
     match checked.and(Ok(())) {
         Ok(()) => {}
         Err(store::StoreError::SecretConflict(secret)) => return Err(secret_conflict_page(ctx, obj, &secret).await),
@@ -696,7 +710,7 @@ async fn commit<K: CredentialResource>(
     let now = ctx.clock.now();
     let secret_name = token_secret_name.to_string();
     let replaced = std::sync::Mutex::new(None);
-    let recorded = store::update_status_if::<K, ()>(&ctx.client, namespace, name, |obj| {
+    let recorded = store::update_status_if_from::<K, ()>(&ctx.client, obj, |obj| {
         if !is_pending_flow(obj, flow) {
             return Err(());
         }
