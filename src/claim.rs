@@ -11,14 +11,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::{Client, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::crd::ConfluenceUserAuth;
 use crate::store::{self, CLAIM_TYPE, StoreError};
 
-/// Label naming the uid of the user auth holding a claim (to find and release its claims).
+/// Label naming the uid of the user auth holding a claim (`kubectl get secrets -l` finds its claims).
 const CLAIM_OWNER_UID: &str = "confluence-auth.dev/claim-owner-uid";
 const ATTEMPTS: usize = 5;
 
@@ -115,29 +115,12 @@ pub async fn claim(
     Err(StoreError::SecretConflict(name))
 }
 
-/// Releases the claim of `account_id` that a flow storing nothing made for `cfua`, so that it
-/// does not keep the account from another user auth.
+/// Releases `cfua`'s claim of `account_id` (a claim its consent made but did not use, or the
+/// previous account's after a grant for another), so it keeps the account from no other user
+/// auth. A claim `cfua` does not control is left alone.
 pub async fn release(client: &Client, cfua: &ConfluenceUserAuth, account_id: &str) -> Result<(), StoreError> {
     let name = claim_name(&cfua.spec.installation_ref.name, account_id);
     store::delete_owned(client, cfua, &[&name]).await
-}
-
-/// Releases every claim of `cfua` except the one for `keep_account` (after a re-consent as
-/// another account).
-pub async fn release_others(client: &Client, cfua: &ConfluenceUserAuth, keep_account: &str) -> Result<(), StoreError> {
-    let namespace = cfua.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let keep = claim_name(&cfua.spec.installation_ref.name, keep_account);
-    let selector = format!("{CLAIM_OWNER_UID}={}", cfua.uid().unwrap_or_default());
-    let claims = secrets.list(&ListParams::default().labels(&selector)).await?;
-    let stale: Vec<String> = claims
-        .items
-        .iter()
-        .filter(|s| s.type_.as_deref() == Some(CLAIM_TYPE) && s.name_any() != keep)
-        .map(|s| s.name_any())
-        .collect();
-    let names: Vec<&str> = stale.iter().map(String::as_str).collect();
-    store::delete_owned(client, cfua, &names).await
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::crd::ConfluenceInstallation;
+use crate::crd::{ConfluenceInstallation, ConfluenceUserAuth};
 
 /// How long a client secret read is reused. A rotated client secret is picked up within this
 /// time, and at once when Atlassian refuses the cached one (the caller forgets it then).
@@ -31,6 +31,7 @@ pub const CLIENT_SECRET_TTL: Duration = Duration::from_secs(10);
 pub struct Known {
     secrets: RwLock<Vec<Store<PartialObjectMeta<Secret>>>>,
     installations: RwLock<Vec<Store<ConfluenceInstallation>>>,
+    users: RwLock<Vec<Store<ConfluenceUserAuth>>>,
     own_writes: Mutex<OwnWrites>,
     client_secrets: Mutex<HashMap<(String, String), RecentSecret>>,
     sync_timed_out: std::sync::atomic::AtomicBool,
@@ -118,6 +119,12 @@ impl Known {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(store);
+    }
+
+    /// Adds the cache of a user auth controller (one per scope; not waited for by
+    /// [`Known::synced`]: only the flow starts from it, and checks what it finds).
+    pub fn add_users(&self, store: Store<ConfluenceUserAuth>) {
+        self.users.write().unwrap_or_else(|e| e.into_inner()).push(store);
     }
 
     /// True once every cache added so far holds its first list (at once when none was added),
@@ -271,6 +278,29 @@ impl Known {
         locked(&self.client_secrets)
             .remove(&(namespace.to_string(), name.to_string()))
             .is_some()
+    }
+}
+
+/// A credential kind whose objects [`Known`] caches.
+pub trait Cached: Sized {
+    /// The cached object `namespace/name`, as a start for a write preconditioned on its
+    /// resourceVersion (it may be behind the API server).
+    fn cached(known: &Known, namespace: &str, name: &str) -> Option<Self>;
+}
+
+impl Cached for ConfluenceInstallation {
+    fn cached(known: &Known, namespace: &str, name: &str) -> Option<Self> {
+        known.installation(namespace, name).map(|cfi| Self::clone(&cfi))
+    }
+}
+
+impl Cached for ConfluenceUserAuth {
+    fn cached(known: &Known, namespace: &str, name: &str) -> Option<Self> {
+        let key = ObjectRef::new(name).within(namespace);
+        read(&known.users)
+            .iter()
+            .find_map(|store| store.get(&key))
+            .map(|cfua| Self::clone(&cfua))
     }
 }
 

@@ -313,11 +313,24 @@ async fn revocation_and_site_loss_are_reported_and_a_new_consent_recovers() {
         "the token Secret keeps the old token"
     );
 
-    // A new consent brings it back.
-    env.atlassian.consent_as(BOB);
+    // A new consent brings it back, here by another Atlassian account: the earlier account is
+    // released (another user auth may bind it now), the new one claimed.
+    let other = acme_account(&env, "0a1ce0a1", "Alice Again", 1);
+    env.atlassian.consent_as(&other);
     assert_eq!(Browser::new().authorize(&link).await.status, 200);
     let back = ready(&users, "alice").await;
     assert_eq!(condition(&back, conditions::AUTHORIZED).unwrap().0, "True");
+    assert_eq!(back.credential().unwrap().installed_by.as_deref(), Some(other.as_str()));
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let claim = |account: &str| confluence_auth_operator::claim::claim_name("acme", account);
+    assert!(
+        secrets.get_opt(&claim(BOB)).await.unwrap().is_none(),
+        "the earlier account is still claimed"
+    );
+    assert!(
+        secrets.get_opt(&claim(&other)).await.unwrap().is_some(),
+        "the new account is not claimed"
+    );
 
     // An admin removes the app from the site.
     env.atlassian.remove_app_from_site(CLIENT_ID, ACME);

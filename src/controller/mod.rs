@@ -321,6 +321,7 @@ fn run_scope(
     });
     let user_controller = Controller::for_stream(user_stream, user_store).with_config(limits);
     let user_store = user_controller.store();
+    shared.ctx.known.add_users(user_store.clone());
     let stores = (installation_store, user_store.clone());
     let user_shared = shared.clone();
     // Installations as the users see them: a change (or an installation that stops fitting its

@@ -21,6 +21,7 @@ use crate::crd::{
     ConfluenceInstallation, ConfluenceUserAuth, CredentialResource, GrantType, PendingAuthorization, Phase,
 };
 use crate::grant::{self, GrantError};
+use crate::known::Cached;
 use crate::oauth::atlassian::{AccessibleResource, AtlassianError, ClientCredentials, Identity, TokenResponse};
 use crate::oauth::state::{self, FlowTarget, ResourceKind, StateError};
 use crate::store;
@@ -380,8 +381,11 @@ async fn callback_with_flow(
 }
 
 /// Consumes the link: its nonce must still be current on this very object (uid), then it is
-/// replaced by a pending marker only this flow matches. Returns the object as written.
-async fn consume<K: CredentialResource>(ctx: &Context, flow: &state::FlowState) -> Result<K, Page> {
+/// replaced by a pending marker only this flow matches. Returns the object as written. The
+/// write starts from the cached object where this replica has one: it is preconditioned on
+/// that version, so a cache behind the API server costs a conflict and a fresh read, not a
+/// second use.
+async fn consume<K: CredentialResource + Cached>(ctx: &Context, flow: &state::FlowState) -> Result<K, Page> {
     let now = ctx.clock.now();
     let until = Time(now + PENDING_TTL);
     let take = |obj: &mut dyn Consumable| -> Result<(), ()> {
@@ -403,7 +407,11 @@ async fn consume<K: CredentialResource>(ctx: &Context, flow: &state::FlowState) 
         Ok(())
     };
     let (namespace, name) = (&flow.target.namespace, &flow.target.name);
-    match store::update_status_if::<K, _>(&ctx.client, namespace, name, |o| take(o)).await {
+    let consumed = match K::cached(&ctx.known, namespace, name) {
+        Some(cached) => store::update_status_if_from::<K, _>(&ctx.client, &cached, |o| take(o)).await,
+        None => store::update_status_if::<K, _>(&ctx.client, namespace, name, |o| take(o)).await,
+    };
+    match consumed {
         Ok(Ok(obj)) => Ok(obj),
         Ok(Err(())) => Err(stale_link()),
         Err(e) if is_not_found(&e) => Err(stale_link()),
@@ -519,11 +527,12 @@ async fn grant_user(
     code: &str,
 ) -> Result<Page, Page> {
     let cfi = installation_of(ctx, &cfua).await?;
-    let bound = store::read_tokens(&ctx.client, &ctx.keys, &cfua)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|t| t.installation);
+    // The earlier grant, as its vault (authenticated) says: the installation it is bound to,
+    // and the account whose claim a grant for another account releases.
+    let (bound, earlier_account) = match store::read_tokens(&ctx.client, &ctx.keys, &cfua).await {
+        Ok(Some(earlier)) => (earlier.installation.clone(), Some(earlier.account_id.clone())),
+        _ => (None, None),
+    };
     let policy = validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound.as_deref())
         .map_err(|e| invalid_spec(&e))?;
     let (cloud_id, site_url) = installation_site(&cfi)?;
@@ -574,8 +583,10 @@ async fn grant_user(
         }
         return Err(page);
     }
-    if let Err(e) = claim::release_others(&ctx.client, &cfua, &identity.account_id).await {
-        tracing::warn!(error = %e, "releasing an earlier account claim failed; it goes with the user auth");
+    if let Some(earlier) = earlier_account.filter(|a| *a != identity.account_id)
+        && let Err(e) = claim::release(&ctx.client, &cfua, &earlier).await
+    {
+        tracing::warn!(error = %e, "releasing the earlier account's claim failed; it goes with the user auth");
     }
     Ok(success(&site, &identity))
 }
