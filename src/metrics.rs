@@ -17,7 +17,7 @@
 //! computed at scrape time from a map the reconcilers fill and forget on deletion, so the value is
 //! always "seconds from now" and a deleted resource leaves no stale series.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -92,7 +92,7 @@ pub struct Metrics {
     refresh_expiry: Family<ObjectLabels, FloatGauge>,
     leader: Gauge,
     resources: Family<PhaseLabels, Gauge>,
-    tracked: Arc<Mutex<BTreeMap<ObjectLabels, Tracked>>>,
+    tracked: Arc<Mutex<HashMap<ObjectLabels, Tracked>>>,
 }
 
 impl Default for Metrics {

@@ -508,7 +508,19 @@ pub async fn update_status<K: CredentialResource>(
 
 /// Whether `after` writes the same status as `before`: equal, or different only below a second.
 fn status_unchanged<K: CredentialResource>(before: &K, after: &K) -> bool {
-    before.status() == after.status() || status_as_written(before) == status_as_written(after)
+    if before.status() == after.status() {
+        return true;
+    }
+    // A phase or Secret version that moved is a change whatever the times say (every refresh
+    // moves both versions): no need to serialize to see it.
+    if let (Some(b), Some(a)) = (before.credential(), after.credential())
+        && (b.phase != a.phase
+            || b.vault_secret_version != a.vault_secret_version
+            || b.token_secret_version != a.token_secret_version)
+    {
+        return false;
+    }
+    status_as_written(before) == status_as_written(after)
 }
 
 /// `obj`'s status as it would be sent: times to the second, so a change below a second (which
@@ -706,6 +718,9 @@ mod tests {
         let mut phase = before.clone();
         phase.credential_mut().phase = Some(Phase::Refreshing);
         assert!(!status_unchanged(&before, &phase));
+        let mut version = before.clone();
+        version.credential_mut().token_secret_version = Some("8".into());
+        assert!(!status_unchanged(&before, &version));
         let mut later = before.clone();
         let time = &mut later.credential_mut().last_refresh_time;
         let t = time.as_ref().unwrap().0;

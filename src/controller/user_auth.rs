@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 
 use super::lifecycle::{self, AppCredentials, Keep};
 use super::{
-    ReconcileError, Shared, await_consent, clear_link, consent_in_flight, lagging, lock, report_failed,
+    ReconcileError, Shared, await_consent, clear_link, consent_in_flight, lagging, lock, observe, report_failed,
     secret_conflict, stored_tokens, write_status,
 };
 use crate::crd::conditions::{self, reason};
@@ -32,7 +32,6 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
         return Ok(Action::requeue(wait));
     }
     let namespace = cfua.namespace().unwrap_or_default();
-    let installations: Api<ConfluenceInstallation> = Api::namespaced(ctx.client.clone(), &namespace);
     // Nothing to look up without a name (and the request would not be for one object).
     if cfua.spec.installation_ref.name.is_empty() {
         let message = validation::messages::INSTALLATION_REF_EMPTY.to_string();
@@ -40,9 +39,12 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     }
     let cached = ctx.known.installation(&namespace, &cfua.spec.installation_ref.name);
     let fetched = match cached {
-        Some(cfi) => Ok(Some(ConfluenceInstallation::clone(&cfi))),
+        Some(cfi) => Ok(Some(cfi)),
         // Not in the cache: missing, or not fitting its type (the read tells which).
-        None => installations.get_opt(&cfua.spec.installation_ref.name).await,
+        None => Api::<ConfluenceInstallation>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&cfua.spec.installation_ref.name)
+            .await
+            .map(|cfi| cfi.map(Arc::new)),
     };
     let (cfi, unfit) = match fetched {
         Ok(cfi) => (cfi, false),
@@ -84,22 +86,38 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     };
     let now = ctx.clock.now();
     let message = dependency_message.clone();
-    let cfua = Arc::new(
-        write_status(&shared, &*cfua, move |obj| {
-            let generation = obj.metadata.generation;
-            let status = obj.status.get_or_insert_with(Default::default);
-            conditions::set_condition(
-                &mut status.credential.conditions,
-                conditions::INSTALLATION_READY,
-                ready,
-                dependency_reason,
-                message.clone(),
-                generation,
-                now,
-            );
-        })
-        .await?,
+    let generation = cfua.metadata.generation;
+    let conditions = cfua.credential().map_or(&[][..], |s| &s.conditions[..]);
+    let reported = conditions::is_current(
+        conditions,
+        conditions::INSTALLATION_READY,
+        ready,
+        dependency_reason,
+        &dependency_message,
+        generation,
     );
+    // Most passes (every refresh's) find it reported: no copy of the object to compare.
+    let cfua = if reported {
+        observe(&shared, &*cfua);
+        cfua
+    } else {
+        Arc::new(
+            write_status(&shared, &*cfua, move |obj| {
+                let generation = obj.metadata.generation;
+                let status = obj.status.get_or_insert_with(Default::default);
+                conditions::set_condition(
+                    &mut status.credential.conditions,
+                    conditions::INSTALLATION_READY,
+                    ready,
+                    dependency_reason,
+                    message.clone(),
+                    generation,
+                    now,
+                );
+            })
+            .await?,
+        )
+    };
     // Before the vault is even read: a name taken by something else is not ours to open.
     if let Some(action) = secret_conflict(&shared, &*cfua, &fallback_policy(&cfua).2).await? {
         return Ok(action);
@@ -115,7 +133,7 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     // the grant is bound to is checked on the vault's word at the next full pass; changing
     // spec.installationRef changes the generation, which takes the full pass now.)
     let unchanged_binding = Some(cfua.spec.installation_ref.name.as_str());
-    if let Keeping::Keep(keep) = keep_of(&shared, &cfua, cfi.as_ref(), unchanged_binding, ready) {
+    if let Keeping::Keep(keep) = keep_of(&shared, &cfua, cfi.as_deref(), unchanged_binding, ready) {
         if lagging(&shared, &*cfua, &keep.token_secret_name) {
             return Ok(Action::requeue(crate::known::RETRY_UNTIL_SYNCED));
         }
@@ -158,7 +176,7 @@ pub async fn reconcile(cfua: Arc<ConfluenceUserAuth>, shared: Arc<Shared>) -> Re
     match keep_of(
         &shared,
         &cfua,
-        cfi.as_ref(),
+        cfi.as_deref(),
         tokens.tokens.installation.as_deref(),
         ready,
     ) {

@@ -115,6 +115,24 @@ pub fn set_condition(
     true
 }
 
+/// True when [`set_condition`] with these values would change nothing (status, reason,
+/// message and generation as given), so the caller need not even prepare a write.
+pub fn is_current(
+    conditions: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+) -> bool {
+    find(conditions, type_).is_some_and(|c| {
+        c.status == if status { "True" } else { "False" }
+            && c.reason == reason
+            && c.message == message
+            && c.observed_generation == observed_generation
+    })
+}
+
 /// The condition of `type_`, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -158,7 +176,18 @@ mod tests {
         let mut conds = Vec::new();
         set_condition(&mut conds, HEALTHY, true, "Ok", "fine", Some(2), at(1));
         assert!(!set_condition(&mut conds, HEALTHY, true, "Ok", "fine", Some(2), at(5)));
+        assert!(is_current(&conds, HEALTHY, true, "Ok", "fine", Some(2)));
+        for (status, reason, message, generation) in [
+            (false, "Ok", "fine", 2),
+            (true, "No", "fine", 2),
+            (true, "Ok", "bad", 2),
+            (true, "Ok", "fine", 3),
+        ] {
+            assert!(!is_current(&conds, HEALTHY, status, reason, message, Some(generation)));
+        }
+        assert!(!is_current(&conds, READY, true, "Ok", "fine", Some(2)));
         assert!(set_condition(&mut conds, HEALTHY, true, "Ok", "fine", Some(3), at(5)));
+        assert!(is_current(&conds, HEALTHY, true, "Ok", "fine", Some(3)));
         assert!(is_true(&conds, HEALTHY));
         assert!(!is_true(&conds, READY));
     }
