@@ -539,30 +539,22 @@ pub async fn update_status_if<K: CredentialResource, E>(
     name: &str,
     change: impl Fn(&mut K) -> Result<(), E>,
 ) -> Result<Result<K, E>, StoreError> {
-    replace_status_if(Api::namespaced(client.clone(), namespace), name, None, change).await
+    update_status_if_from(client, namespace, name, None, change).await
 }
 
-/// Like [`update_status_if`], starting from `start` (an object as this process just wrote it):
-/// the first attempt is preconditioned on its resourceVersion instead of a fresh read, so a
-/// write in between is a conflict, after which `change` runs again on a fresh read (as it
-/// does when it refuses `start`).
+/// Like [`update_status_if`], starting from `start` (the object as this process last saw or
+/// wrote it): the first attempt is preconditioned on its resourceVersion instead of a fresh
+/// read, so a write in between is a conflict, after which `change` runs again on a fresh read
+/// (as it does when it refuses `start`, which may be behind).
 pub async fn update_status_if_from<K: CredentialResource, E>(
     client: &Client,
-    start: &K,
-    change: impl Fn(&mut K) -> Result<(), E>,
-) -> Result<Result<K, E>, StoreError> {
-    let api = Api::namespaced(client.clone(), &start.namespace().unwrap_or_default());
-    let name = start.name_any();
-    let start = start.resource_version().is_some().then(|| start.clone());
-    replace_status_if(api, &name, start, change).await
-}
-
-async fn replace_status_if<K: CredentialResource, E>(
-    api: Api<K>,
+    namespace: &str,
     name: &str,
-    mut start: Option<K>,
+    start: Option<K>,
     change: impl Fn(&mut K) -> Result<(), E>,
 ) -> Result<Result<K, E>, StoreError> {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut start = start.filter(|s| s.resource_version().is_some());
     let mut attempt = 0;
     loop {
         attempt += 1;

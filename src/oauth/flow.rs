@@ -407,11 +407,8 @@ async fn consume<K: CredentialResource + Cached>(ctx: &Context, flow: &state::Fl
         Ok(())
     };
     let (namespace, name) = (&flow.target.namespace, &flow.target.name);
-    let consumed = match K::cached(&ctx.known, namespace, name) {
-        Some(cached) => store::update_status_if_from::<K, _>(&ctx.client, &cached, |o| take(o)).await,
-        None => store::update_status_if::<K, _>(&ctx.client, namespace, name, |o| take(o)).await,
-    };
-    match consumed {
+    let cached = K::cached(&ctx.known, namespace, name);
+    match store::update_status_if_from::<K, _>(&ctx.client, namespace, name, cached, |o| take(o)).await {
         Ok(Ok(obj)) => Ok(obj),
         Ok(Err(())) => Err(stale_link()),
         Err(e) if is_not_found(&e) => Err(stale_link()),
@@ -530,7 +527,7 @@ async fn grant_user(
     // The earlier grant, as its vault (authenticated) says: the installation it is bound to,
     // and the account whose claim a grant for another account releases.
     let (bound, earlier_account) = match store::read_tokens(&ctx.client, &ctx.keys, &cfua).await {
-        Ok(Some(earlier)) => (earlier.installation.clone(), Some(earlier.account_id.clone())),
+        Ok(Some(earlier)) => (earlier.installation, Some(earlier.account_id)),
         _ => (None, None),
     };
     let policy = validation::user_auth(&cfua.name_any(), &cfua.spec, &cfi.spec, bound.as_deref())
@@ -721,7 +718,7 @@ async fn commit<K: CredentialResource>(
     let now = ctx.clock.now();
     let secret_name = token_secret_name.to_string();
     let replaced = std::sync::Mutex::new(None);
-    let recorded = store::update_status_if_from::<K, ()>(&ctx.client, obj, |obj| {
+    let recorded = store::update_status_if_from::<K, ()>(&ctx.client, namespace, name, Some(obj.clone()), |obj| {
         if !is_pending_flow(obj, flow) {
             return Err(());
         }
